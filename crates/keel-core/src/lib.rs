@@ -1,0 +1,22 @@
+//! keel's domain: what a job is, how it may change, and the rules for backoff, fencing,
+//! idempotency and input. Pure: no I/O, no async, no clock (time is always a parameter), no
+//! randomness (jitter samples are parameters).
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod backoff;
+pub mod event;
+pub mod job;
+pub mod lease;
+pub mod queue;
+pub mod time;
+pub mod transition;
+pub mod validate;
+
+pub use backoff::Backoff;
+pub use event::{DeadReason, Event, EventData, apply, project};
+pub use job::{Job, JobError, Json, Lease, NewJob, State, When};
+pub use queue::{QueueConfig, QueueOverrides, Retention};
+pub use time::Time;
+pub use transition::{Command, Failure, TransitionError, step, transition};
+pub use validate::{FieldError, Limits};

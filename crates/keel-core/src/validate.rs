@@ -1,0 +1,133 @@
+//! Input rules that hold for every entry point: names, numeric ranges, sizes, JSON depth.
+//!
+//! Violations are collected as [`FieldError`]s carrying a JSON pointer into the request body, so
+//! a caller sees every problem at once and exactly where it is. Nothing here has side effects.
+
+use serde::Serialize;
+
+/// One violation: where (an RFC 6901 pointer into the request body) and what.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+pub struct FieldError {
+    pub pointer: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(pointer: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            pointer: pointer.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Size limits; the defaults are API.md's.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_payload_bytes: usize,
+    pub max_result_bytes: usize,
+    pub max_batch: usize,
+    pub max_json_depth: usize,
+    pub max_tags: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_body_bytes: 4 << 20,
+            max_payload_bytes: 1 << 20,
+            max_result_bytes: 64 << 10,
+            max_batch: 1_000,
+            max_json_depth: 64,
+            max_tags: 32,
+        }
+    }
+}
+
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Queue, kind and tag names: 1–128 characters of `[A-Za-z0-9._:-]`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "must be at most {MAX_NAME_LEN} characters, got {}",
+            name.len()
+        ));
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        Some(c) => Err(format!("contains {c:?}; allowed are A-Z a-z 0-9 . _ : -")),
+        None => Ok(()),
+    }
+}
+
+/// Pushes an error for `value` at `pointer` unless it lies in `lo..=hi`.
+pub fn check_range(errors: &mut Vec<FieldError>, pointer: &str, value: i64, lo: i64, hi: i64) {
+    if !(lo..=hi).contains(&value) {
+        errors.push(FieldError::new(
+            pointer,
+            format!("must be between {lo} and {hi}, got {value}"),
+        ));
+    }
+}
+
+/// The deepest nesting of arrays and objects in a JSON text (0 for a scalar). Strings are
+/// skipped, so brackets inside them do not count. Linear, no allocation, safe on any input.
+pub fn json_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in text {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Escapes one reference token of a JSON pointer (RFC 6901).
+pub fn pointer_token(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_alphabet_and_length() {
+        assert!(check_name("email.welcome:v2-x_y").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("has space").is_err());
+        assert!(check_name("é").is_err());
+        assert!(check_name(&"a".repeat(128)).is_ok());
+        assert!(check_name(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn depth_ignores_brackets_in_strings() {
+        assert_eq!(json_depth(b"1"), 0);
+        assert_eq!(json_depth(br#"{"a":[1,{"b":"[[[{"}]}"#), 3);
+        assert_eq!(json_depth(br#"["\"[" ]"#), 1);
+        assert_eq!(json_depth(&b"[".repeat(100)), 100);
+    }
+}
