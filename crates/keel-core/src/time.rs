@@ -17,6 +17,11 @@ const MAX_MS: i64 = 253_402_300_799_999;
 impl Time {
     pub const EPOCH: Time = Time(0);
 
+    /// For constants; the caller guarantees `ms` is in range.
+    pub const fn from_millis_const(ms: i64) -> Time {
+        Time(ms)
+    }
+
     pub fn from_millis(ms: i64) -> Time {
         Time(ms.clamp(0, MAX_MS))
     }

@@ -1,0 +1,125 @@
+//! keel's storage: the [`Store`] trait that every backend implements, the SQLite backend, and
+//! (with the `testing` feature) the conformance suite that proves a backend keeps the promises.
+//!
+//! Invariants every backend keeps (the suite checks each):
+//! - A call returns `Ok` only after its changes are durable (committed and fsync'd).
+//! - Every job change appends events and updates the job's row in the same transaction, through
+//!   `keel_core::step`; folding a job's events reproduces its row.
+//! - A lease never scans the jobs table; a queue never has more running jobs than its concurrency.
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+mod error;
+pub mod sqlite;
+mod types;
+mod verify;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use error::StoreError;
+pub use sqlite::{SqliteConfig, SqliteStore};
+pub use types::{
+    Counts, Enqueued, JobFilter, JobPage, LeaseRequest, LeasedJob, Outcome, OutcomeKind, QueueInfo,
+    ReplayFilter, Tick,
+};
+pub use verify::VerifyReport;
+
+use async_trait::async_trait;
+use keel_core::{Event, Job, NewJob, QueueOverrides, State, Time};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Durable storage of jobs, their events and queue settings. Every method that changes state
+/// takes `now` from the caller, so behaviour is deterministic under test.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates jobs, all or none. An item whose idempotency key is live in its queue comes back as
+    /// the original job (`replayed`) if the request is identical; otherwise the whole call fails
+    /// with `IdempotencyConflict`.
+    async fn enqueue(&self, jobs: Vec<NewJob>, now: Time) -> Result<Vec<Enqueued>, StoreError>;
+
+    /// Hands out up to `max_jobs` available jobs from the queues in order, honouring pause and
+    /// concurrency limits. Never waits; long polling is the caller's loop around `subscribe`.
+    async fn lease(&self, req: LeaseRequest, now: Time) -> Result<Vec<LeasedJob>, StoreError>;
+
+    /// Extends a lease; returns the new expiry.
+    async fn heartbeat(
+        &self,
+        id: Uuid,
+        token: String,
+        lease_ms: i64,
+        now: Time,
+    ) -> Result<Time, StoreError>;
+
+    /// Records outcomes (complete / fail) in one transaction; each item succeeds or fails alone.
+    async fn record_outcomes(
+        &self,
+        items: Vec<Outcome>,
+        now: Time,
+    ) -> Result<Vec<Result<Job, StoreError>>, StoreError>;
+
+    async fn cancel(&self, id: Uuid, now: Time) -> Result<Job, StoreError>;
+
+    /// A dead or cancelled job back to available with a fresh attempt budget.
+    async fn retry(&self, id: Uuid, now: Time) -> Result<Job, StoreError>;
+
+    async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StoreError>;
+
+    /// Newest first, keyset-paginated by id.
+    async fn list_jobs(&self, filter: JobFilter) -> Result<JobPage, StoreError>;
+
+    /// The job's events oldest first; `None` when the store has never had the job (or its
+    /// events passed retention).
+    async fn job_events(&self, id: Uuid) -> Result<Option<Vec<Event>>, StoreError>;
+
+    async fn queues(&self, now: Time) -> Result<Vec<QueueInfo>, StoreError>;
+
+    async fn queue(&self, name: &str, now: Time) -> Result<Option<QueueInfo>, StoreError>;
+
+    /// Replaces the queue's overrides (creating the queue if needed).
+    async fn configure_queue(
+        &self,
+        name: &str,
+        overrides: QueueOverrides,
+        now: Time,
+    ) -> Result<QueueInfo, StoreError>;
+
+    async fn set_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        now: Time,
+    ) -> Result<QueueInfo, StoreError>;
+
+    /// Dead or cancelled jobs of a queue back to available; returns how many.
+    async fn replay(&self, queue: &str, filter: ReplayFilter, now: Time)
+    -> Result<u64, StoreError>;
+
+    /// Deletes the queue's jobs in `state` (recording a `purged` event each); returns how many.
+    async fn purge(&self, queue: &str, state: State, now: Time) -> Result<u64, StoreError>;
+
+    /// Runs what is due at `now`: scheduled jobs become available, expired leases count as failed
+    /// attempts, retention deletes old finished jobs and expired idempotency keys.
+    async fn tick(&self, now: Time) -> Result<Tick, StoreError>;
+
+    /// A counter that increases whenever jobs may have become leasable. Long polls wait on it.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+
+    /// Whether the store can currently write.
+    async fn check_ready(&self) -> Result<(), StoreError>;
+
+    /// Jobs in id order after `after`, for export and verification.
+    async fn export_jobs(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<Job>, StoreError>;
+
+    /// Events in `seq` order after `after_seq`, for export and verification.
+    async fn export_events(&self, after_seq: i64, limit: usize) -> Result<Vec<Event>, StoreError>;
+
+    /// Finishes in-flight writes and stops; later calls fail with `Unavailable`.
+    async fn close(&self) -> Result<(), StoreError>;
+
+    /// Folds every event and compares the result with the jobs table.
+    async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        verify::run(self).await
+    }
+}

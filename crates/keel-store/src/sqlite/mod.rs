@@ -1,0 +1,475 @@
+//! The SQLite backend: one file (`<data-dir>/keel.db`) in WAL mode with `synchronous=FULL`.
+//!
+//! Writes go to the writer thread (`writer.rs`) over a channel and are answered after their group
+//! commits. Reads use a small pool of read-only connections on blocking threads; WAL lets them
+//! run beside the writer, and since writes answer only after commit, a read that follows an
+//! acknowledged write sees it.
+
+mod index;
+mod rows;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use async_trait::async_trait;
+use keel_core::{Event, Job, NewJob, QueueConfig, QueueOverrides, State, Time};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::{oneshot, watch};
+use uuid::Uuid;
+
+use self::rows::{JOB_COLUMNS, event_from_row, job_from_row, state_col};
+use self::writer::{JobCommand, Request, Writer};
+use crate::types::{
+    Counts, Enqueued, JobFilter, JobPage, LeaseRequest, LeasedJob, Outcome, QueueInfo,
+    ReplayFilter, Tick,
+};
+use crate::{Store, StoreError};
+
+#[derive(Clone, Debug)]
+pub struct SqliteConfig {
+    pub data_dir: PathBuf,
+    /// Server-wide queue defaults.
+    pub defaults: QueueConfig,
+    /// How long an idempotency key is remembered.
+    pub idempotency_ttl_ms: i64,
+}
+
+impl SqliteConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> SqliteConfig {
+        SqliteConfig {
+            data_dir: data_dir.into(),
+            defaults: QueueConfig::default(),
+            idempotency_ttl_ms: 24 * 3_600_000,
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("keel.db")
+    }
+}
+
+pub struct SqliteStore {
+    requests: mpsc::Sender<Request>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Arc<ReadPool>,
+    defaults: QueueConfig,
+    signal: watch::Receiver<u64>,
+    healthy: Arc<AtomicBool>,
+}
+
+/// Jobs handled per writer request by replay and purge, so one large operation does not hold
+/// the writer for long; the store loops until done.
+const CHUNK: usize = 1_000;
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `config.data_dir`, migrates it and starts the writer.
+    pub fn open(config: SqliteConfig, now: Time) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", config.data_dir.display()))
+        })?;
+        let path = config.db_path();
+        let mut conn = Connection::open(&path).map_err(StoreError::sqlite)?;
+        schema::configure(&conn).map_err(StoreError::sqlite)?;
+        schema::migrate(&mut conn, now.as_millis()).map_err(StoreError::sqlite)?;
+
+        let (signal_tx, signal) = watch::channel(0);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let writer = Writer::new(
+            conn,
+            config.defaults.clone(),
+            config.idempotency_ttl_ms,
+            signal_tx,
+            healthy.clone(),
+        )?;
+        let (requests, rx) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("keel-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore {
+            requests,
+            writer: Mutex::new(Some(handle)),
+            readers: Arc::new(ReadPool {
+                path,
+                idle: Mutex::new(Vec::new()),
+            }),
+            defaults: config.defaults,
+            signal,
+            healthy,
+        })
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(writer::Reply<T>) -> Request,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(make(reply))
+            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || pool.with(f))
+            .await
+            .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
+    }
+
+    async fn queue_infos(
+        &self,
+        only: Option<String>,
+        now: Time,
+    ) -> Result<Vec<QueueInfo>, StoreError> {
+        let defaults = self.defaults.clone();
+        self.read(move |conn| {
+            let mut queues: Vec<QueueInfo> = Vec::new();
+            let mut stmt = conn.prepare_cached(
+                "SELECT name, paused, overrides FROM queues WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
+            )?;
+            let rows = stmt.query_map([&only], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, String>(2)?)))?;
+            for row in rows {
+                let (name, paused, overrides) = row?;
+                let overrides: QueueOverrides = serde_json::from_str(&overrides).unwrap_or_default();
+                queues.push(QueueInfo {
+                    name,
+                    paused,
+                    config: QueueConfig::with_overrides(&defaults, &overrides),
+                    counts: Counts::default(),
+                    oldest_available_age_ms: None,
+                });
+            }
+            for q in &mut queues {
+                let mut stmt = conn.prepare_cached("SELECT state, count(*) FROM jobs WHERE queue = ?1 GROUP BY state")?;
+                let rows = stmt.query_map([&q.name], |r| Ok((state_col(r, 0)?, r.get::<_, i64>(1)?)))?;
+                for row in rows {
+                    let (state, n) = row?;
+                    q.counts.add(state, n.max(0) as u64);
+                }
+                let oldest: Option<i64> = conn
+                    .prepare_cached("SELECT min(run_at) FROM jobs WHERE queue = ?1 AND state = 'available'")?
+                    .query_row([&q.name], |r| r.get(0))?;
+                q.oldest_available_age_ms = oldest.map(|t| now.millis_since(Time::from_millis(t)).max(0));
+            }
+            Ok(queues)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn enqueue(&self, jobs: Vec<NewJob>, now: Time) -> Result<Vec<Enqueued>, StoreError> {
+        self.call(|reply| Request::Enqueue { jobs, now, reply })
+            .await
+    }
+
+    async fn lease(&self, req: LeaseRequest, now: Time) -> Result<Vec<LeasedJob>, StoreError> {
+        self.call(|reply| Request::Lease { req, now, reply }).await
+    }
+
+    async fn heartbeat(
+        &self,
+        id: Uuid,
+        token: String,
+        lease_ms: i64,
+        now: Time,
+    ) -> Result<Time, StoreError> {
+        let job = self
+            .call(|reply| Request::Apply {
+                id,
+                cmd: JobCommand::Heartbeat { token, lease_ms },
+                now,
+                reply,
+            })
+            .await?;
+        job.lease
+            .map(|l| l.expires_at)
+            .ok_or_else(|| StoreError::Internal("heartbeat left no lease".into()))
+    }
+
+    async fn record_outcomes(
+        &self,
+        items: Vec<Outcome>,
+        now: Time,
+    ) -> Result<Vec<Result<Job, StoreError>>, StoreError> {
+        self.call(|reply| Request::Outcomes { items, now, reply })
+            .await
+    }
+
+    async fn cancel(&self, id: Uuid, now: Time) -> Result<Job, StoreError> {
+        self.call(|reply| Request::Apply {
+            id,
+            cmd: JobCommand::Cancel,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    async fn retry(&self, id: Uuid, now: Time) -> Result<Job, StoreError> {
+        self.call(|reply| Request::Apply {
+            id,
+            cmd: JobCommand::Retry,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
+        self.read(move |conn| {
+            conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?
+                .query_row([id.into_bytes()], job_from_row)
+                .optional()
+        })
+        .await
+    }
+
+    async fn list_jobs(&self, filter: JobFilter) -> Result<JobPage, StoreError> {
+        let limit = filter.limit.max(1);
+        let mut jobs = self
+            .read(move |conn| {
+                let sql = format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR state = ?2) \
+                     AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR id < ?4) \
+                     AND (?5 IS NULL OR EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?5)) \
+                     ORDER BY id DESC LIMIT ?6"
+                );
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let rows = stmt.query_map(
+                    params![
+                        filter.queue,
+                        filter.state.map(State::as_str),
+                        filter.kind,
+                        filter.before.map(|u| u.into_bytes()),
+                        filter.tag,
+                        (limit + 1) as i64
+                    ],
+                    job_from_row,
+                )?;
+                rows.collect::<rusqlite::Result<Vec<Job>>>()
+            })
+            .await?;
+        let next = if jobs.len() > limit {
+            jobs.truncate(limit);
+            jobs.last().map(|j| j.id)
+        } else {
+            None
+        };
+        Ok(JobPage { jobs, next })
+    }
+
+    async fn job_events(&self, id: Uuid) -> Result<Option<Vec<Event>>, StoreError> {
+        let events = self
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT seq, job_id, at, type, data FROM events WHERE job_id = ?1 ORDER BY seq",
+                )?;
+                stmt.query_map([id.into_bytes()], event_from_row)?
+                    .collect::<rusqlite::Result<Vec<Event>>>()
+            })
+            .await?;
+        Ok(if events.is_empty() {
+            None
+        } else {
+            Some(events)
+        })
+    }
+
+    async fn queues(&self, now: Time) -> Result<Vec<QueueInfo>, StoreError> {
+        self.queue_infos(None, now).await
+    }
+
+    async fn queue(&self, name: &str, now: Time) -> Result<Option<QueueInfo>, StoreError> {
+        Ok(self
+            .queue_infos(Some(name.to_owned()), now)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn configure_queue(
+        &self,
+        name: &str,
+        overrides: QueueOverrides,
+        now: Time,
+    ) -> Result<QueueInfo, StoreError> {
+        let name = name.to_owned();
+        self.call(|reply| Request::ConfigureQueue {
+            name: name.clone(),
+            overrides,
+            now,
+            reply,
+        })
+        .await?;
+        self.queue(&name, now).await?.ok_or(StoreError::NotFound)
+    }
+
+    async fn set_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        now: Time,
+    ) -> Result<QueueInfo, StoreError> {
+        let name = name.to_owned();
+        self.call(|reply| Request::SetPaused {
+            name: name.clone(),
+            paused,
+            now,
+            reply,
+        })
+        .await?;
+        self.queue(&name, now).await?.ok_or(StoreError::NotFound)
+    }
+
+    async fn replay(
+        &self,
+        queue: &str,
+        filter: ReplayFilter,
+        now: Time,
+    ) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        let mut left = filter.limit;
+        while left > 0 {
+            let chunk = ReplayFilter {
+                limit: left.min(CHUNK),
+                ..filter.clone()
+            };
+            let want = chunk.limit;
+            let n = self
+                .call(|reply| Request::Replay {
+                    queue: queue.to_owned(),
+                    filter: chunk,
+                    now,
+                    reply,
+                })
+                .await?;
+            total += n;
+            left -= want;
+            if (n as usize) < want {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    async fn purge(&self, queue: &str, state: State, now: Time) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        loop {
+            let n = self
+                .call(|reply| Request::Purge {
+                    queue: queue.to_owned(),
+                    state,
+                    limit: CHUNK,
+                    now,
+                    reply,
+                })
+                .await?;
+            total += n;
+            if (n as usize) < CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn tick(&self, now: Time) -> Result<Tick, StoreError> {
+        self.call(|reply| Request::Tick { now, reply }).await
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.signal.clone()
+    }
+
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        self.call(|reply| Request::Ping { reply }).await?;
+        if self.healthy.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable("the last write failed".into()))
+        }
+    }
+
+    async fn export_jobs(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2"
+            ))?;
+            stmt.query_map(
+                params![after.map(|u| u.into_bytes()), limit as i64],
+                job_from_row,
+            )?
+            .collect()
+        })
+        .await
+    }
+
+    async fn export_events(&self, after_seq: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT seq, job_id, at, type, data FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+            stmt.query_map(params![after_seq, limit as i64], event_from_row)?.collect()
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        // Closing twice is fine: the second finds the writer gone.
+        let _ = self.call(|reply| Request::Close { reply }).await;
+        let handle = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Internal("writer handle poisoned".into()))?
+            .take();
+        if let Some(handle) = handle {
+            tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))?
+                .map_err(|_| StoreError::Internal("the writer thread panicked".into()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Read-only connections, reused across reads.
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+const MAX_IDLE_READERS: usize = 8;
+
+impl ReadPool {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let conn = match self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+            Some(conn) => conn,
+            None => open_reader(&self.path).map_err(StoreError::sqlite)?,
+        };
+        let result = f(&conn).map_err(StoreError::sqlite);
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+        result
+    }
+}
+
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.execute_batch("PRAGMA busy_timeout=5000; PRAGMA query_only=1;")?;
+    Ok(conn)
+}

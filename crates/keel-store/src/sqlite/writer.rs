@@ -1,0 +1,792 @@
+//! The writer thread: the only code that writes the SQLite file.
+//!
+//! It drains every request waiting on its channel, applies them in one transaction, commits
+//! (one fsync for the whole group) and only then answers each caller. Every job change goes
+//! through `save`, which appends the events, writes the row and updates the in-memory index in
+//! step. A storage error rolls back the whole group, answers every caller with it, and rebuilds
+//! the in-memory state from disk, so memory never holds what the disk does not.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+
+use keel_core::lease::token_hash;
+use keel_core::{
+    Command, EventData, Failure, Job, NewJob, QueueConfig, QueueOverrides, State, Time, step,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{oneshot, watch};
+use uuid::Uuid;
+
+use super::index::{Entry, Index};
+use super::rows::{JOB_COLUMNS, insert_event, insert_job, job_from_row, update_job, uuid_col};
+use crate::StoreError;
+use crate::types::{Enqueued, LeaseRequest, LeasedJob, Outcome, OutcomeKind, ReplayFilter, Tick};
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub(crate) enum Request {
+    Enqueue {
+        jobs: Vec<NewJob>,
+        now: Time,
+        reply: Reply<Vec<Enqueued>>,
+    },
+    Lease {
+        req: LeaseRequest,
+        now: Time,
+        reply: Reply<Vec<LeasedJob>>,
+    },
+    Apply {
+        id: Uuid,
+        cmd: JobCommand,
+        now: Time,
+        reply: Reply<Job>,
+    },
+    Outcomes {
+        items: Vec<Outcome>,
+        now: Time,
+        reply: Reply<Vec<Result<Job, StoreError>>>,
+    },
+    ConfigureQueue {
+        name: String,
+        overrides: QueueOverrides,
+        now: Time,
+        reply: Reply<()>,
+    },
+    SetPaused {
+        name: String,
+        paused: bool,
+        now: Time,
+        reply: Reply<()>,
+    },
+    Replay {
+        queue: String,
+        filter: ReplayFilter,
+        now: Time,
+        reply: Reply<u64>,
+    },
+    Purge {
+        queue: String,
+        state: State,
+        limit: usize,
+        now: Time,
+        reply: Reply<u64>,
+    },
+    Tick {
+        now: Time,
+        reply: Reply<Tick>,
+    },
+    Ping {
+        reply: Reply<()>,
+    },
+    Close {
+        reply: Reply<()>,
+    },
+}
+
+/// Single-job commands that arrive over the API.
+pub(crate) enum JobCommand {
+    Heartbeat { token: String, lease_ms: i64 },
+    Cancel,
+    Retry,
+}
+
+/// Requests drained into one transaction at most; bounds one commit's latency.
+const MAX_GROUP: usize = 2_048;
+/// Jobs promoted or expired in one tick at most, so a backlog cannot stall the writer.
+const TIMER_BATCH: usize = 5_000;
+/// Finished jobs deleted per queue and state in one retention pass.
+const RETENTION_BATCH: i64 = 1_000;
+const RETENTION_EVERY_MS: i64 = 1_000;
+
+/// A storage failure: the whole group rolls back.
+struct Fatal(StoreError);
+
+impl From<rusqlite::Error> for Fatal {
+    fn from(e: rusqlite::Error) -> Fatal {
+        Fatal(StoreError::sqlite(e))
+    }
+}
+
+/// Outer error: the group fails. Inner error: this request fails alone, having written nothing.
+type Step<T> = Result<Result<T, StoreError>, Fatal>;
+
+/// Sends a caller its answer once the group's fate is known.
+type Done = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+struct QueueState {
+    config: QueueConfig,
+    paused: bool,
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    defaults: QueueConfig,
+    idempotency_ttl_ms: i64,
+    index: Index,
+    queues: HashMap<String, QueueState>,
+    rng: SplitMix64,
+    ids: uuid::ContextV7,
+    last_id_ms: i64,
+    next_retention: Time,
+    /// Set when the current group made a job leasable; the signal is sent after commit.
+    wake: bool,
+    fatal: Option<StoreError>,
+    signal: watch::Sender<u64>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        defaults: QueueConfig,
+        idempotency_ttl_ms: i64,
+        signal: watch::Sender<u64>,
+        healthy: Arc<AtomicBool>,
+    ) -> Result<Writer, StoreError> {
+        let seed = Uuid::new_v4().as_u128() as u64;
+        let mut writer = Writer {
+            conn,
+            defaults,
+            idempotency_ttl_ms,
+            index: Index::default(),
+            queues: HashMap::new(),
+            rng: SplitMix64(seed),
+            ids: uuid::ContextV7::new(),
+            last_id_ms: 0,
+            next_retention: Time::EPOCH,
+            wake: false,
+            fatal: None,
+            signal,
+            healthy,
+        };
+        writer.reload().map_err(|f| f.0)?;
+        Ok(writer)
+    }
+
+    /// Rebuilds the in-memory state from disk (at start, and after a failed commit).
+    fn reload(&mut self) -> Result<(), Fatal> {
+        self.queues.clear();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, paused, overrides FROM queues")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (name, paused, overrides) = row?;
+            let overrides: QueueOverrides = serde_json::from_str(&overrides).map_err(|e| {
+                Fatal(StoreError::Internal(format!(
+                    "queue {name}: bad overrides: {e}"
+                )))
+            })?;
+            let config = QueueConfig::with_overrides(&self.defaults, &overrides);
+            self.queues.insert(name, QueueState { config, paused });
+        }
+        drop(stmt);
+
+        self.index = Index::default();
+        let mut stmt = self.conn.prepare(
+            "SELECT id, queue, state, priority, run_at, lease_expires_at FROM jobs \
+             WHERE state IN ('scheduled', 'available', 'running')",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let queue: String = r.get(1)?;
+            let entry = Entry {
+                id: uuid_col(r, 0)?,
+                queue: &queue,
+                state: super::rows::state_col(r, 2)?,
+                priority: r.get(3)?,
+                run_at: Time::from_millis(r.get(4)?),
+                lease_expires_at: r.get::<_, Option<i64>>(5)?.map(Time::from_millis),
+            };
+            self.index.update(None, Some(entry));
+        }
+        let last: Option<[u8; 16]> = self
+            .conn
+            .query_row("SELECT max(id) FROM jobs", [], |r| r.get(0))
+            .optional()?
+            .flatten();
+        if let Some(bytes) = last {
+            let (secs, nanos) = Uuid::from_bytes(bytes)
+                .get_timestamp()
+                .map(|t| t.to_unix())
+                .unwrap_or((0, 0));
+            self.last_id_ms = self
+                .last_id_ms
+                .max(secs as i64 * 1_000 + i64::from(nanos / 1_000_000));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn run(mut self, rx: Receiver<Request>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(req) => group.push(req),
+                    Err(_) => break,
+                }
+            }
+            if self.process(group) {
+                break;
+            }
+        }
+        tracing::debug!(message = "Writer stopped.");
+    }
+
+    /// Applies one group in one transaction; returns true when asked to close.
+    fn process(&mut self, group: Vec<Request>) -> bool {
+        let mut done: Vec<Done> = Vec::with_capacity(group.len());
+        let mut close = false;
+        self.wake = false;
+        self.fatal = match self.conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => None,
+            Err(e) => Some(StoreError::sqlite(e)),
+        };
+        for req in group {
+            if let Request::Close { .. } = req {
+                close = true;
+            }
+            done.push(self.handle(req));
+        }
+        if self.fatal.is_none() {
+            if let Err(e) = self.conn.execute_batch("COMMIT") {
+                self.fatal = Some(StoreError::sqlite(e));
+            }
+        }
+        let fatal = self.fatal.take();
+        match &fatal {
+            None => self.healthy.store(true, Ordering::Relaxed),
+            Some(e) => {
+                tracing::error!(message = "Write group failed; rolled back.", error = %e);
+                self.healthy.store(false, Ordering::Relaxed);
+                let _ = self.conn.execute_batch("ROLLBACK");
+                if let Err(Fatal(e)) = self.reload() {
+                    tracing::error!(message = "Could not reload state after a failed write.", error = %e);
+                }
+                self.wake = true;
+            }
+        }
+        for d in done {
+            d(fatal.as_ref());
+        }
+        if self.wake {
+            self.signal.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        close
+    }
+
+    fn handle(&mut self, req: Request) -> Done {
+        match req {
+            Request::Enqueue { jobs, now, reply } => {
+                let r = self.guard(|w| w.enqueue(jobs, now));
+                answer(reply, r)
+            }
+            Request::Lease { req, now, reply } => {
+                let r = self.guard(|w| w.lease(&req, now));
+                answer(reply, r)
+            }
+            Request::Apply {
+                id,
+                cmd,
+                now,
+                reply,
+            } => {
+                let r = self.guard(|w| {
+                    let cmd = match cmd {
+                        JobCommand::Heartbeat { token, lease_ms } => {
+                            Command::Heartbeat { token, lease_ms }
+                        }
+                        JobCommand::Cancel => Command::Cancel,
+                        JobCommand::Retry => Command::Retry,
+                    };
+                    w.apply(id, &cmd, now)
+                });
+                answer(reply, r.and_then(|j| j.ok_or(StoreError::NotFound)))
+            }
+            Request::Outcomes { items, now, reply } => {
+                let r = self.guard(|w| {
+                    let mut out = Vec::with_capacity(items.len());
+                    for item in items {
+                        let cmd = w.outcome_command(item.token, item.kind);
+                        out.push(
+                            w.apply(item.id, &cmd, now)?
+                                .and_then(|j| j.ok_or(StoreError::NotFound)),
+                        );
+                    }
+                    Ok(Ok(out))
+                });
+                answer(reply, r)
+            }
+            Request::ConfigureQueue {
+                name,
+                overrides,
+                now,
+                reply,
+            } => {
+                let r = self.guard(|w| w.configure_queue(&name, overrides, now));
+                answer(reply, r)
+            }
+            Request::SetPaused {
+                name,
+                paused,
+                now,
+                reply,
+            } => {
+                let r = self.guard(|w| w.set_paused(&name, paused, now));
+                answer(reply, r)
+            }
+            Request::Replay {
+                queue,
+                filter,
+                now,
+                reply,
+            } => {
+                let r = self.guard(|w| w.replay(&queue, &filter, now));
+                answer(reply, r)
+            }
+            Request::Purge {
+                queue,
+                state,
+                limit,
+                now,
+                reply,
+            } => {
+                let r = self.guard(|w| w.purge(&queue, state, limit, now));
+                answer(reply, r)
+            }
+            Request::Tick { now, reply } => {
+                let r = self.guard(|w| w.tick(now));
+                answer(reply, r)
+            }
+            Request::Ping { reply } => answer(reply, Ok(())),
+            Request::Close { reply } => answer(reply, Ok(())),
+        }
+    }
+
+    /// Runs a handler unless the group already failed; records a storage failure as the group's.
+    fn guard<T>(&mut self, f: impl FnOnce(&mut Writer) -> Step<T>) -> Result<T, StoreError> {
+        if let Some(e) = &self.fatal {
+            return Err(e.duplicate());
+        }
+        match f(self) {
+            Ok(r) => r,
+            Err(Fatal(e)) => {
+                let copy = e.duplicate();
+                self.fatal = Some(e);
+                Err(copy)
+            }
+        }
+    }
+
+    fn load(&self, id: Uuid) -> Result<Option<Job>, Fatal> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?;
+        Ok(stmt.query_row([id.into_bytes()], job_from_row).optional()?)
+    }
+
+    /// Persists one job change: its events, its row, and the index, together.
+    fn save(
+        &mut self,
+        before: Option<&Job>,
+        after: Option<&Job>,
+        events: &[EventData],
+        now: Time,
+    ) -> Result<(), Fatal> {
+        let Some(id) = before.or(after).map(|j| j.id) else {
+            return Ok(());
+        };
+        for ev in events {
+            insert_event(&self.conn, id, now, ev)?;
+        }
+        match (before, after) {
+            (None, Some(a)) => insert_job(&self.conn, a)?,
+            (Some(_), Some(a)) => update_job(&self.conn, a)?,
+            (Some(_), None) => {
+                self.conn
+                    .prepare_cached("DELETE FROM jobs WHERE id = ?1")?
+                    .execute([id.into_bytes()])?;
+            }
+            (None, None) => {}
+        }
+        let change = self
+            .index
+            .update(before.map(Entry::from), after.map(Entry::from));
+        self.wake |= change.leasable;
+        Ok(())
+    }
+
+    /// Loads a job, runs the state machine and saves the result. `Ok(None)`: purged.
+    fn apply(&mut self, id: Uuid, cmd: &Command, now: Time) -> Step<Option<Job>> {
+        let Some(job) = self.load(id)? else {
+            return Ok(Err(StoreError::NotFound));
+        };
+        match step(&job, cmd, now) {
+            Err(e) => Ok(Err(e.into())),
+            Ok((next, events)) => {
+                self.save(Some(&job), next.as_ref(), &events, now)?;
+                Ok(Ok(next))
+            }
+        }
+    }
+
+    fn outcome_command(&mut self, token: String, kind: OutcomeKind) -> Command {
+        match kind {
+            OutcomeKind::Completed { result } => Command::Complete { token, result },
+            OutcomeKind::Failed {
+                message,
+                kind,
+                retryable,
+                retry_in_ms,
+            } => Command::Fail(Failure {
+                token,
+                message,
+                kind,
+                retryable,
+                retry_in_ms,
+                jitter: self.rng.next_f64(),
+            }),
+        }
+    }
+
+    fn queue_config(&mut self, name: &str, now: Time) -> Result<QueueConfig, Fatal> {
+        if let Some(q) = self.queues.get(name) {
+            return Ok(q.config.clone());
+        }
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO queues (name, paused, overrides, created_at, updated_at) VALUES (?1, 0, '{}', ?2, ?2)")?
+            .execute(params![name, now.as_millis()])?;
+        let config = self.defaults.clone();
+        self.queues.insert(
+            name.to_owned(),
+            QueueState {
+                config: config.clone(),
+                paused: false,
+            },
+        );
+        Ok(config)
+    }
+
+    fn next_id(&mut self, now: Time) -> Uuid {
+        // Never go back in time, so ids (and newest-first listings) follow commit order.
+        self.last_id_ms = self.last_id_ms.max(now.as_millis());
+        let ms = self.last_id_ms as u64;
+        let ts =
+            uuid::Timestamp::from_unix(&self.ids, ms / 1_000, ((ms % 1_000) * 1_000_000) as u32);
+        Uuid::new_v7(ts)
+    }
+
+    fn enqueue(&mut self, jobs: Vec<NewJob>, now: Time) -> Step<Vec<Enqueued>> {
+        // Pass 1 decides every item before anything is written, so a conflict writes nothing.
+        enum Plan {
+            Create(String),
+            Replay(Job),
+            /// Same key and request as an earlier item of this batch.
+            SameAs(usize),
+        }
+        let mut plans = Vec::with_capacity(jobs.len());
+        let mut seen: HashMap<(&str, &str), (usize, String)> = HashMap::new();
+        for (i, new) in jobs.iter().enumerate() {
+            let fingerprint = new.fingerprint();
+            let Some(key) = new.idempotency_key.as_deref() else {
+                plans.push(Plan::Create(fingerprint));
+                continue;
+            };
+            let conflict = || StoreError::IdempotencyConflict {
+                index: i,
+                queue: new.queue.clone(),
+                key: key.to_owned(),
+            };
+            if let Some((first, fp)) = seen.get(&(new.queue.as_str(), key)) {
+                if *fp != fingerprint {
+                    return Ok(Err(conflict()));
+                }
+                plans.push(Plan::SameAs(*first));
+                continue;
+            }
+            seen.insert((new.queue.as_str(), key), (i, fingerprint.clone()));
+            let existing: Option<([u8; 16], String)> = self
+                .conn
+                .prepare_cached("SELECT job_id, fingerprint FROM idempotency_keys WHERE queue = ?1 AND key = ?2 AND expires_at > ?3")?
+                .query_row(params![new.queue, key, now.as_millis()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            match existing {
+                Some((_, fp)) if fp != fingerprint => return Ok(Err(conflict())),
+                // The original may be gone (purged, or past a retention shorter than the key's
+                // life); then the key is free again.
+                Some((id, _)) => match self.load(Uuid::from_bytes(id))? {
+                    Some(job) => plans.push(Plan::Replay(job)),
+                    None => plans.push(Plan::Create(fingerprint)),
+                },
+                None => plans.push(Plan::Create(fingerprint)),
+            }
+        }
+
+        let mut out: Vec<Enqueued> = Vec::with_capacity(jobs.len());
+        for (new, plan) in jobs.into_iter().zip(plans) {
+            match plan {
+                Plan::Replay(job) => out.push(Enqueued {
+                    job,
+                    replayed: true,
+                }),
+                Plan::SameAs(i) => {
+                    let job = out[i].job.clone();
+                    out.push(Enqueued {
+                        job,
+                        replayed: true,
+                    });
+                }
+                Plan::Create(fingerprint) => {
+                    let config = self.queue_config(&new.queue, now)?;
+                    let id = self.next_id(now);
+                    let job = new.into_job(id, &config, now);
+                    let event = EventData::Enqueued {
+                        job: Box::new(job.clone()),
+                    };
+                    self.save(None, Some(&job), std::slice::from_ref(&event), now)?;
+                    if let Some(key) = &job.idempotency_key {
+                        self.conn
+                            .prepare_cached(
+                                "INSERT OR REPLACE INTO idempotency_keys (queue, key, job_id, fingerprint, expires_at) \
+                                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                            )?
+                            .execute(params![job.queue, key, id.into_bytes(), fingerprint, now.plus_ms(self.idempotency_ttl_ms).as_millis()])?;
+                    }
+                    out.push(Enqueued {
+                        job,
+                        replayed: false,
+                    });
+                }
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    fn lease(&mut self, req: &LeaseRequest, now: Time) -> Step<Vec<LeasedJob>> {
+        // Jobs due now are leasable now, however late the timer is.
+        self.promote_due(now)?;
+        let mut out = Vec::new();
+        for queue in &req.queues {
+            let Some(q) = self.queues.get(queue) else {
+                continue;
+            };
+            if q.paused {
+                continue;
+            }
+            let concurrency = q.config.concurrency;
+            while out.len() < req.max_jobs {
+                if concurrency.is_some_and(|c| self.index.running(queue) >= c) {
+                    break;
+                }
+                let Some(id) = self.index.next_ready(queue) else {
+                    break;
+                };
+                let Some(job) = self.load(id)? else {
+                    return Err(Fatal(StoreError::Internal(format!(
+                        "ready index names missing job {id}"
+                    ))));
+                };
+                let token = Uuid::new_v4().simple().to_string();
+                let cmd = Command::Lease {
+                    token_hash: token_hash(&token),
+                    lease_ms: req.lease_ms.unwrap_or(job.timeout_ms),
+                    worker: req.worker.clone(),
+                };
+                let (next, events) = step(&job, &cmd, now).map_err(|e| {
+                    Fatal(StoreError::Internal(format!(
+                        "ready index out of step for {id}: {e}"
+                    )))
+                })?;
+                self.save(Some(&job), next.as_ref(), &events, now)?;
+                if let Some(job) = next {
+                    out.push(LeasedJob { job, token });
+                }
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    fn promote_due(&mut self, now: Time) -> Result<(), Fatal> {
+        for id in self.index.due_scheduled(now, TIMER_BATCH) {
+            // A refusal here means the index is stale for this job; the write below fixes it.
+            let _ = self.apply(id, &Command::Promote, now)?;
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, now: Time) -> Step<Tick> {
+        self.promote_due(now)?;
+        for id in self.index.expired_leases(now, TIMER_BATCH) {
+            let jitter = self.rng.next_f64();
+            let _ = self.apply(id, &Command::ExpireLease { jitter }, now)?;
+        }
+        if now >= self.next_retention {
+            let more = self.retention(now)?;
+            self.next_retention = if more {
+                now
+            } else {
+                now.plus_ms(RETENTION_EVERY_MS)
+            };
+        }
+        let next_due = self
+            .index
+            .next_due()
+            .map_or(self.next_retention, |t| t.min(self.next_retention));
+        Ok(Ok(Tick {
+            next_due: Some(next_due),
+        }))
+    }
+
+    /// Deletes finished jobs past their queue's retention, with their events, and expired
+    /// idempotency keys. Returns true when a batch limit was hit (more is due at once).
+    fn retention(&mut self, now: Time) -> Result<bool, Fatal> {
+        let mut more = false;
+        let plan: Vec<(String, State, Time)> = self
+            .queues
+            .iter()
+            .flat_map(|(name, q)| {
+                let r = q.config.retention;
+                [
+                    (name.clone(), State::Completed, now.plus_ms(-r.completed_ms)),
+                    (name.clone(), State::Dead, now.plus_ms(-r.dead_ms)),
+                    (name.clone(), State::Cancelled, now.plus_ms(-r.dead_ms)),
+                ]
+            })
+            .collect();
+        for (queue, state, cutoff) in plan {
+            let ids: Vec<[u8; 16]> = self
+                .conn
+                .prepare_cached("SELECT id FROM jobs WHERE queue = ?1 AND state = ?2 AND finished_at IS NOT NULL AND finished_at < ?3 LIMIT ?4")?
+                .query_map(params![queue, state.as_str(), cutoff.as_millis(), RETENTION_BATCH], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            more |= ids.len() as i64 == RETENTION_BATCH;
+            for id in ids {
+                self.conn
+                    .prepare_cached("DELETE FROM events WHERE job_id = ?1")?
+                    .execute([id])?;
+                self.conn
+                    .prepare_cached("DELETE FROM jobs WHERE id = ?1")?
+                    .execute([id])?;
+            }
+        }
+        let keys = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM idempotency_keys WHERE (queue, key) IN \
+                 (SELECT queue, key FROM idempotency_keys WHERE expires_at <= ?1 LIMIT ?2)",
+            )?
+            .execute(params![now.as_millis(), RETENTION_BATCH])?;
+        more |= keys as i64 == RETENTION_BATCH;
+        Ok(more)
+    }
+
+    fn upsert_queue(&mut self, name: &str, now: Time) -> Result<(), Fatal> {
+        self.queue_config(name, now)?;
+        self.conn
+            .prepare_cached("UPDATE queues SET updated_at = ?2 WHERE name = ?1")?
+            .execute(params![name, now.as_millis()])?;
+        Ok(())
+    }
+
+    fn configure_queue(&mut self, name: &str, overrides: QueueOverrides, now: Time) -> Step<()> {
+        self.upsert_queue(name, now)?;
+        let text = serde_json::to_string(&overrides)
+            .map_err(|e| Fatal(StoreError::Internal(e.to_string())))?;
+        self.conn
+            .prepare_cached("UPDATE queues SET overrides = ?2 WHERE name = ?1")?
+            .execute(params![name, text])?;
+        if let Some(q) = self.queues.get_mut(name) {
+            q.config = QueueConfig::with_overrides(&self.defaults, &overrides);
+        }
+        // A raised concurrency limit can make jobs leasable.
+        self.wake = true;
+        Ok(Ok(()))
+    }
+
+    fn set_paused(&mut self, name: &str, paused: bool, now: Time) -> Step<()> {
+        let Some(q) = self.queues.get_mut(name) else {
+            return Ok(Err(StoreError::NotFound));
+        };
+        q.paused = paused;
+        self.conn
+            .prepare_cached("UPDATE queues SET paused = ?2, updated_at = ?3 WHERE name = ?1")?
+            .execute(params![name, paused, now.as_millis()])?;
+        self.wake |= !paused;
+        Ok(Ok(()))
+    }
+
+    fn ids_in_state(
+        &self,
+        queue: &str,
+        state: State,
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Uuid>, Fatal> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id FROM jobs WHERE queue = ?1 AND state = ?2 AND (?3 IS NULL OR kind = ?3) ORDER BY id LIMIT ?4",
+        )?;
+        let ids = stmt
+            .query_map(params![queue, state.as_str(), kind, limit as i64], |r| {
+                uuid_col(r, 0)
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(ids)
+    }
+
+    fn replay(&mut self, queue: &str, filter: &ReplayFilter, now: Time) -> Step<u64> {
+        if !self.queues.contains_key(queue) {
+            return Ok(Err(StoreError::NotFound));
+        }
+        let mut n = 0;
+        for id in self.ids_in_state(queue, filter.state, filter.kind.as_deref(), filter.limit)? {
+            if self.apply(id, &Command::Retry, now)?.is_ok() {
+                n += 1;
+            }
+        }
+        Ok(Ok(n))
+    }
+
+    fn purge(&mut self, queue: &str, state: State, limit: usize, now: Time) -> Step<u64> {
+        if !self.queues.contains_key(queue) {
+            return Ok(Err(StoreError::NotFound));
+        }
+        let mut n = 0;
+        for id in self.ids_in_state(queue, state, None, limit)? {
+            if self.apply(id, &Command::Purge, now)?.is_ok() {
+                n += 1;
+            }
+        }
+        Ok(Ok(n))
+    }
+}
+
+fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> Done {
+    Box::new(move |fatal: Option<&StoreError>| {
+        let _ = reply.send(match fatal {
+            Some(e) => Err(e.duplicate()),
+            None => result,
+        });
+    })
+}
+
+/// A small, fast generator for backoff jitter; not for secrets.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}

@@ -1,0 +1,1018 @@
+//! The conformance suite: every backend runs these cases through `conformance_tests!`, so any
+//! behaviour difference between backends is a failing test, not a comment.
+//!
+//! Each case gets a fresh [`Harness`] whose `open` can be called again after `close` to reopen
+//! the same data (restart tests). Times are explicit; nothing here sleeps.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use keel_core::{Backoff, Json, NewJob, QueueOverrides, State, Time, When};
+
+use crate::{
+    JobFilter, LeaseRequest, Outcome, OutcomeKind, ReplayFilter, SqliteConfig, SqliteStore, Store,
+};
+
+/// 2026-11-23T06:00:00.000Z: the suite's "now".
+pub const T0: Time = Time::from_millis_const(1_795_413_600_000);
+
+#[async_trait]
+pub trait Harness: Send + Sync {
+    /// Opens the store; after `close`, opening again sees the same data.
+    async fn open(&self) -> Arc<dyn Store>;
+}
+
+/// A SQLite store in a fresh temporary directory.
+pub struct SqliteHarness {
+    pub dir: tempfile::TempDir,
+}
+
+impl SqliteHarness {
+    #[allow(clippy::unwrap_used)]
+    pub async fn new() -> SqliteHarness {
+        SqliteHarness {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
+#[async_trait]
+impl Harness for SqliteHarness {
+    #[allow(clippy::unwrap_used)]
+    async fn open(&self) -> Arc<dyn Store> {
+        Arc::new(SqliteStore::open(SqliteConfig::new(self.dir.path()), T0).unwrap())
+    }
+}
+
+/// Expands to one `#[tokio::test]` per case, each with a fresh harness from `$make`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@cases $make;
+            enqueue_is_durable_and_readable_with_defaults,
+            delayed_job_waits_for_run_at,
+            lease_hands_out_priority_then_run_at_then_id,
+            lease_tries_queues_in_order_up_to_max_jobs,
+            idempotent_enqueue_replays_identical_and_refuses_different,
+            batch_with_a_conflict_writes_nothing,
+            stale_lease_cannot_complete_job,
+            failure_retries_with_backoff_then_dies,
+            non_retryable_failure_is_dead_at_once,
+            expired_lease_counts_as_a_failed_attempt,
+            heartbeat_extends_the_lease,
+            concurrency_limit_caps_running_jobs,
+            paused_queue_hands_out_nothing,
+            cancel_revokes_a_running_lease,
+            retry_and_replay_give_a_fresh_budget,
+            purge_removes_jobs_and_records_it,
+            retention_removes_old_finished_jobs_and_their_events,
+            list_is_newest_first_paginated_and_filtered,
+            batch_outcomes_succeed_or_fail_per_item,
+            reopen_keeps_every_job_and_rebuilds_dispatch,
+            jobs_table_equals_the_fold_of_events,
+            subscribers_wake_when_work_arrives
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let harness = $make.await;
+                $crate::testing::cases::$case(&harness).await;
+            }
+        )*
+    };
+}
+
+/// A job for `queue` with a small JSON payload.
+pub fn job(queue: &str) -> NewJob {
+    NewJob {
+        queue: queue.to_owned(),
+        kind: "test.kind".to_owned(),
+        payload: Json::from_value(&serde_json::json!({"n": 1})),
+        priority: 0,
+        when: When::Now,
+        max_attempts: None,
+        timeout_ms: None,
+        backoff: None,
+        idempotency_key: None,
+        tags: vec![],
+    }
+}
+
+pub fn lease_req(queues: &[&str], max_jobs: usize) -> LeaseRequest {
+    LeaseRequest {
+        queues: queues.iter().map(|q| q.to_string()).collect(),
+        max_jobs,
+        lease_ms: Some(10_000),
+        worker: Some("w1".into()),
+    }
+}
+
+pub fn complete(id: uuid::Uuid, token: &str) -> Outcome {
+    Outcome {
+        id,
+        token: token.to_owned(),
+        kind: OutcomeKind::Completed { result: None },
+    }
+}
+
+pub fn fail(id: uuid::Uuid, token: &str, retryable: bool, retry_in_ms: Option<i64>) -> Outcome {
+    Outcome {
+        id,
+        token: token.to_owned(),
+        kind: OutcomeKind::Failed {
+            message: "boom".into(),
+            kind: Some("Err".into()),
+            retryable,
+            retry_in_ms,
+        },
+    }
+}
+
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub mod cases {
+    use super::*;
+    use crate::StoreError;
+    use keel_core::TransitionError;
+
+    async fn one(
+        store: &dyn Store,
+        outcome: Outcome,
+        now: Time,
+    ) -> Result<keel_core::Job, StoreError> {
+        store
+            .record_outcomes(vec![outcome], now)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap()
+    }
+
+    pub async fn enqueue_is_durable_and_readable_with_defaults(h: &dyn Harness) {
+        let store = h.open().await;
+        let out = store.enqueue(vec![job("emails")], T0).await.unwrap();
+        let job = &out[0].job;
+        assert!(!out[0].replayed);
+        assert_eq!(
+            (job.state, job.attempt, job.max_attempts, job.timeout_ms),
+            (State::Available, 0, 20, 30_000)
+        );
+        assert_eq!(job.backoff, Backoff::default());
+        assert_eq!((job.run_at, job.created_at), (T0, T0));
+        assert_eq!(store.get_job(job.id).await.unwrap().as_ref(), Some(job));
+        let events = store.job_events(job.id).await.unwrap().unwrap();
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| e.data.type_name())
+                .collect::<Vec<_>>(),
+            ["enqueued"]
+        );
+        let q = store
+            .queue("emails", T0)
+            .await
+            .unwrap()
+            .expect("queue created on first use");
+        assert_eq!(q.counts.available, 1);
+        assert!(store.get_job(uuid::Uuid::now_v7()).await.unwrap().is_none());
+    }
+
+    pub async fn delayed_job_waits_for_run_at(h: &dyn Harness) {
+        let store = h.open().await;
+        let mut j = job("q");
+        j.when = When::Delay(5_000);
+        let id = store.enqueue(vec![j], T0).await.unwrap()[0].job.id;
+        assert_eq!(
+            store.get_job(id).await.unwrap().unwrap().state,
+            State::Scheduled
+        );
+        assert!(
+            store
+                .lease(lease_req(&["q"], 10), T0.plus_ms(4_999))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let tick = store.tick(T0.plus_ms(1_000)).await.unwrap();
+        assert!(
+            tick.next_due.unwrap() <= T0.plus_ms(5_000),
+            "the timer knows when the job is due"
+        );
+        store.tick(T0.plus_ms(5_000)).await.unwrap();
+        assert_eq!(
+            store.get_job(id).await.unwrap().unwrap().state,
+            State::Available
+        );
+        let leased = store
+            .lease(lease_req(&["q"], 10), T0.plus_ms(5_000))
+            .await
+            .unwrap();
+        assert_eq!(leased.len(), 1);
+        // And a lease promotes due jobs itself, however late the timer is.
+        let mut j = job("q");
+        j.when = When::At(T0.plus_ms(6_000));
+        store.enqueue(vec![j], T0).await.unwrap();
+        assert_eq!(
+            store
+                .lease(lease_req(&["q"], 10), T0.plus_ms(6_000))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    pub async fn lease_hands_out_priority_then_run_at_then_id(h: &dyn Harness) {
+        let store = h.open().await;
+        let mk = |p: i32, at: i64| {
+            let mut j = job("q");
+            j.priority = p;
+            j.when = When::At(T0.plus_ms(at));
+            j
+        };
+        let jobs = store
+            .enqueue(
+                vec![mk(0, 0), mk(0, -10), mk(5, 0), mk(0, -10), mk(-3, -100)],
+                T0,
+            )
+            .await
+            .unwrap();
+        let ids: Vec<_> = jobs.iter().map(|e| e.job.id).collect();
+        let leased = store.lease(lease_req(&["q"], 10), T0).await.unwrap();
+        let got: Vec<_> = leased.iter().map(|l| l.job.id).collect();
+        assert_eq!(got, vec![ids[2], ids[1], ids[3], ids[0], ids[4]]);
+        assert!(
+            leased
+                .iter()
+                .all(|l| l.job.state == State::Running && l.job.attempt == 1)
+        );
+    }
+
+    pub async fn lease_tries_queues_in_order_up_to_max_jobs(h: &dyn Harness) {
+        let store = h.open().await;
+        store
+            .enqueue(vec![job("a"), job("b"), job("b"), job("c")], T0)
+            .await
+            .unwrap();
+        let leased = store
+            .lease(lease_req(&["b", "a", "missing"], 3), T0)
+            .await
+            .unwrap();
+        let queues: Vec<_> = leased.iter().map(|l| l.job.queue.as_str()).collect();
+        assert_eq!(queues, ["b", "b", "a"]);
+        assert!(
+            store
+                .lease(lease_req(&["b", "a"], 3), T0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.lease(lease_req(&["c"], 3), T0).await.unwrap().len(),
+            1
+        );
+    }
+
+    pub async fn idempotent_enqueue_replays_identical_and_refuses_different(h: &dyn Harness) {
+        let store = h.open().await;
+        let mut j = job("q");
+        j.idempotency_key = Some("signup-42".into());
+        let first = store.enqueue(vec![j.clone()], T0).await.unwrap().remove(0);
+        let again = store
+            .enqueue(vec![j.clone()], T0.plus_ms(1_000))
+            .await
+            .unwrap()
+            .remove(0);
+        assert!(again.replayed);
+        assert_eq!(again.job.id, first.job.id);
+        let mut other = j.clone();
+        other.payload = Json::from_value(&serde_json::json!({"n": 2}));
+        let err = store.enqueue(vec![other], T0).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::IdempotencyConflict { index: 0, .. }),
+            "{err:?}"
+        );
+        // Keys are per queue.
+        let mut elsewhere = j.clone();
+        elsewhere.queue = "other".into();
+        assert!(!store.enqueue(vec![elsewhere], T0).await.unwrap()[0].replayed);
+        // After the key's life (24 h) the key is free again.
+        store.tick(T0.plus_ms(24 * 3_600_000 + 1)).await.unwrap();
+        let later = store
+            .enqueue(vec![j], T0.plus_ms(24 * 3_600_000 + 2))
+            .await
+            .unwrap()
+            .remove(0);
+        assert!(!later.replayed);
+        assert_ne!(later.job.id, first.job.id);
+        // Within one batch, the same key twice is one job.
+        let mut k = job("q");
+        k.idempotency_key = Some("batch-key".into());
+        let out = store.enqueue(vec![k.clone(), k], T0).await.unwrap();
+        assert_eq!(out[0].job.id, out[1].job.id);
+        assert!(!out[0].replayed && out[1].replayed);
+    }
+
+    pub async fn batch_with_a_conflict_writes_nothing(h: &dyn Harness) {
+        let store = h.open().await;
+        let mut keyed = job("q");
+        keyed.idempotency_key = Some("k".into());
+        store.enqueue(vec![keyed.clone()], T0).await.unwrap();
+        keyed.priority = 9;
+        let err = store
+            .enqueue(vec![job("q"), job("q"), keyed], T0)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::IdempotencyConflict { index: 2, .. }),
+            "{err:?}"
+        );
+        let page = store
+            .list_jobs(JobFilter {
+                queue: Some("q".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            page.jobs.len(),
+            1,
+            "only the first, separate enqueue exists"
+        );
+    }
+
+    pub async fn stale_lease_cannot_complete_job(h: &dyn Harness) {
+        let store = h.open().await;
+        let id = store.enqueue(vec![job("q")], T0).await.unwrap()[0].job.id;
+        let mut req = lease_req(&["q"], 1);
+        req.lease_ms = Some(1_000);
+        let first = store.lease(req.clone(), T0).await.unwrap().remove(0);
+        store.tick(T0.plus_ms(1_000)).await.unwrap();
+        // The expired attempt is retried after backoff (1 s ± jitter); lease it again then.
+        store.tick(T0.plus_ms(3_000)).await.unwrap();
+        let second = store.lease(req, T0.plus_ms(3_000)).await.unwrap().remove(0);
+        assert_eq!((second.job.id, second.job.attempt), (id, 2));
+        for outcome in [
+            complete(id, &first.token),
+            fail(id, &first.token, true, None),
+        ] {
+            let err = one(&*store, outcome, T0.plus_ms(3_001)).await.unwrap_err();
+            assert!(
+                matches!(err, StoreError::Transition(TransitionError::LeaseLost)),
+                "{err:?}"
+            );
+        }
+        let err = store
+            .heartbeat(id, first.token.clone(), 1_000, T0.plus_ms(3_001))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::Transition(TransitionError::LeaseLost)
+        ));
+        assert_eq!(
+            store.get_job(id).await.unwrap().unwrap().state,
+            State::Running,
+            "stale calls changed nothing"
+        );
+        let done = one(&*store, complete(id, &second.token), T0.plus_ms(3_002))
+            .await
+            .unwrap();
+        assert_eq!(done.state, State::Completed);
+        let err = one(&*store, complete(id, &second.token), T0.plus_ms(3_003))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Transition(TransitionError::LeaseLost)),
+            "a finished job takes no outcome"
+        );
+    }
+
+    pub async fn failure_retries_with_backoff_then_dies(h: &dyn Harness) {
+        let store = h.open().await;
+        let mut j = job("q");
+        j.max_attempts = Some(3);
+        j.backoff = Some(Backoff {
+            initial_ms: 1_000,
+            max_ms: 3_000,
+            jitter: 0.5,
+        });
+        let id = store.enqueue(vec![j], T0).await.unwrap()[0].job.id;
+        let mut now = T0;
+        for attempt in 1..=3u32 {
+            let leased = store
+                .lease(lease_req(&["q"], 1), now)
+                .await
+                .unwrap()
+                .remove(0);
+            assert_eq!(leased.job.attempt, attempt);
+            let after = one(&*store, fail(id, &leased.token, true, None), now)
+                .await
+                .unwrap();
+            if attempt < 3 {
+                let ceiling = (1_000i64 << (attempt - 1)).min(3_000);
+                let delay = after.run_at.millis_since(now);
+                assert!(
+                    after.state == State::Scheduled && delay <= ceiling && delay >= ceiling / 2,
+                    "{delay} vs {ceiling}"
+                );
+                now = after.run_at;
+            } else {
+                assert_eq!(after.state, State::Dead);
+                assert!(after.finished_at.is_some());
+                assert_eq!(after.last_error.as_ref().unwrap().message, "boom");
+            }
+        }
+        let types: Vec<_> = store
+            .job_events(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(|e| e.data.type_name())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "enqueued",
+                "leased",
+                "failed",
+                "scheduled",
+                "available",
+                "leased",
+                "failed",
+                "scheduled",
+                "available",
+                "leased",
+                "failed",
+                "dead"
+            ]
+        );
+        // retry_in_ms overrides the backoff.
+        let id = store.enqueue(vec![job("q")], now).await.unwrap()[0].job.id;
+        let leased = store
+            .lease(lease_req(&["q"], 1), now)
+            .await
+            .unwrap()
+            .remove(0);
+        let after = one(&*store, fail(id, &leased.token, true, Some(42_000)), now)
+            .await
+            .unwrap();
+        assert_eq!(after.run_at, now.plus_ms(42_000));
+    }
+
+    pub async fn non_retryable_failure_is_dead_at_once(h: &dyn Harness) {
+        let store = h.open().await;
+        let id = store.enqueue(vec![job("q")], T0).await.unwrap()[0].job.id;
+        let leased = store
+            .lease(lease_req(&["q"], 1), T0)
+            .await
+            .unwrap()
+            .remove(0);
+        let after = one(&*store, fail(id, &leased.token, false, None), T0)
+            .await
+            .unwrap();
+        assert_eq!((after.state, after.attempt), (State::Dead, 1));
+    }
+
+    pub async fn expired_lease_counts_as_a_failed_attempt(h: &dyn Harness) {
+        let store = h.open().await;
+        let mut j = job("q");
+        j.max_attempts = Some(1);
+        let id = store.enqueue(vec![j, job("q")], T0).await.unwrap()[0]
+            .job
+            .id;
+        let mut req = lease_req(&["q"], 2);
+        req.lease_ms = Some(500);
+        store.lease(req, T0).await.unwrap();
+        store.tick(T0.plus_ms(499)).await.unwrap();
+        assert_eq!(
+            store.get_job(id).await.unwrap().unwrap().state,
+            State::Running
+        );
+        store.tick(T0.plus_ms(500)).await.unwrap();
+        let dead = store.get_job(id).await.unwrap().unwrap();
+        assert_eq!(dead.state, State::Dead, "its only attempt expired");
+        assert_eq!(
+            dead.last_error.unwrap().kind.as_deref(),
+            Some("lease_expired")
+        );
+        let page = store
+            .list_jobs(JobFilter {
+                state: Some(State::Scheduled),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.jobs.len(), 1, "the other job waits for its retry");
+    }
+
+    pub async fn heartbeat_extends_the_lease(h: &dyn Harness) {
+        let store = h.open().await;
+        let id = store.enqueue(vec![job("q")], T0).await.unwrap()[0].job.id;
+        let mut req = lease_req(&["q"], 1);
+        req.lease_ms = Some(1_000);
+        let leased = store.lease(req, T0).await.unwrap().remove(0);
+        let expires = store
+            .heartbeat(id, leased.token.clone(), 5_000, T0.plus_ms(900))
+            .await
+            .unwrap();
+        assert_eq!(expires, T0.plus_ms(5_900));
+        store.tick(T0.plus_ms(2_000)).await.unwrap();
+        assert_eq!(
+            store.get_job(id).await.unwrap().unwrap().state,
+            State::Running,
+            "still leased"
+        );
+        assert!(
+            one(&*store, complete(id, &leased.token), T0.plus_ms(2_001))
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            store
+                .heartbeat(uuid::Uuid::now_v7(), "x".into(), 1, T0)
+                .await,
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    pub async fn concurrency_limit_caps_running_jobs(h: &dyn Harness) {
+        let store = h.open().await;
+        store
+            .configure_queue(
+                "q",
+                QueueOverrides {
+                    concurrency: Some(2),
+                    ..Default::default()
+                },
+                T0,
+            )
+            .await
+            .unwrap();
+        store
+            .enqueue((0..5).map(|_| job("q")).collect(), T0)
+            .await
+            .unwrap();
+        let a = store.lease(lease_req(&["q"], 10), T0).await.unwrap();
+        assert_eq!(a.len(), 2);
+        assert!(
+            store
+                .lease(lease_req(&["q"], 10), T0)
+                .await
+                .unwrap()
+                .is_empty(),
+            "at the limit"
+        );
+        one(&*store, complete(a[0].job.id, &a[0].token), T0)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.lease(lease_req(&["q"], 10), T0).await.unwrap().len(),
+            1,
+            "a freed slot is reused"
+        );
+        store
+            .configure_queue("q", QueueOverrides::default(), T0)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.lease(lease_req(&["q"], 10), T0).await.unwrap().len(),
+            2,
+            "limit removed"
+        );
+    }
+
+    pub async fn paused_queue_hands_out_nothing(h: &dyn Harness) {
+        let store = h.open().await;
+        store.enqueue(vec![job("q")], T0).await.unwrap();
+        assert!(store.set_paused("q", true, T0).await.unwrap().paused);
+        assert!(
+            store
+                .lease(lease_req(&["q"], 1), T0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        store.set_paused("q", false, T0).await.unwrap();
+        assert_eq!(
+            store.lease(lease_req(&["q"], 1), T0).await.unwrap().len(),
+            1
+        );
+        assert!(matches!(
+            store.set_paused("nope", true, T0).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    pub async fn cancel_revokes_a_running_lease(h: &dyn Harness) {
+        let store = h.open().await;
+        let id = store.enqueue(vec![job("q")], T0).await.unwrap()[0].job.id;
+        let leased = store
+            .lease(lease_req(&["q"], 1), T0)
+            .await
+            .unwrap()
+            .remove(0);
+        let cancelled = store.cancel(id, T0).await.unwrap();
+        assert_eq!(cancelled.state, State::Cancelled);
+        assert!(matches!(
+            one(&*store, complete(id, &leased.token), T0).await,
+            Err(StoreError::Transition(TransitionError::LeaseLost))
+        ));
+        assert!(matches!(
+            store.cancel(id, T0).await,
+            Err(StoreError::Transition(TransitionError::InvalidState { .. }))
+        ));
+        assert!(matches!(
+            store.cancel(uuid::Uuid::now_v7(), T0).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    pub async fn retry_and_replay_give_a_fresh_budget(h: &dyn Harness) {
+        let store = h.open().await;
+        let mut j = job("q");
+        j.max_attempts = Some(1);
+        let ids: Vec<_> = store
+            .enqueue(vec![j.clone(), j.clone(), j], T0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.job.id)
+            .collect();
+        for l in store.lease(lease_req(&["q"], 3), T0).await.unwrap() {
+            one(&*store, fail(l.job.id, &l.token, true, None), T0)
+                .await
+                .unwrap();
+        }
+        assert!(
+            matches!(store.retry(ids[0], T0).await, Ok(ref j) if j.state == State::Available && j.attempt == 0)
+        );
+        assert!(matches!(
+            store.retry(ids[0], T0).await,
+            Err(StoreError::Transition(TransitionError::InvalidState { .. }))
+        ));
+        let n = store
+            .replay(
+                "q",
+                ReplayFilter {
+                    state: State::Dead,
+                    kind: None,
+                    limit: 1_000,
+                },
+                T0,
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(
+            store.lease(lease_req(&["q"], 10), T0).await.unwrap().len(),
+            3
+        );
+        assert!(matches!(
+            store
+                .replay(
+                    "nope",
+                    ReplayFilter {
+                        state: State::Dead,
+                        kind: None,
+                        limit: 1
+                    },
+                    T0
+                )
+                .await,
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    pub async fn purge_removes_jobs_and_records_it(h: &dyn Harness) {
+        let store = h.open().await;
+        let ids: Vec<_> = store
+            .enqueue(vec![job("q"), job("q"), job("q")], T0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.job.id)
+            .collect();
+        store.cancel(ids[0], T0).await.unwrap();
+        assert_eq!(store.purge("q", State::Available, T0).await.unwrap(), 2);
+        assert!(store.get_job(ids[1]).await.unwrap().is_none());
+        let types: Vec<_> = store
+            .job_events(ids[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(|e| e.data.type_name())
+            .collect();
+        assert_eq!(types, ["enqueued", "purged"], "history survives the purge");
+        assert!(
+            store.get_job(ids[0]).await.unwrap().is_some(),
+            "other states untouched"
+        );
+        assert!(
+            store
+                .lease(lease_req(&["q"], 10), T0)
+                .await
+                .unwrap()
+                .is_empty(),
+            "purged jobs are not handed out"
+        );
+    }
+
+    pub async fn retention_removes_old_finished_jobs_and_their_events(h: &dyn Harness) {
+        let store = h.open().await;
+        let retention = keel_core::Retention {
+            completed_ms: 60_000,
+            dead_ms: 120_000,
+        };
+        store
+            .configure_queue(
+                "q",
+                QueueOverrides {
+                    retention: Some(retention),
+                    ..Default::default()
+                },
+                T0,
+            )
+            .await
+            .unwrap();
+        let ids: Vec<_> = store
+            .enqueue(vec![job("q"), job("q"), job("q")], T0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.job.id)
+            .collect();
+        let leased = store.lease(lease_req(&["q"], 2), T0).await.unwrap();
+        one(&*store, complete(leased[0].job.id, &leased[0].token), T0)
+            .await
+            .unwrap();
+        one(
+            &*store,
+            fail(leased[1].job.id, &leased[1].token, false, None),
+            T0,
+        )
+        .await
+        .unwrap();
+        store.tick(T0.plus_ms(60_001)).await.unwrap();
+        assert!(
+            store.get_job(ids[0]).await.unwrap().is_none(),
+            "completed job past retention is gone"
+        );
+        assert!(
+            store.job_events(ids[0]).await.unwrap().is_none(),
+            "with its events"
+        );
+        assert!(
+            store.get_job(ids[1]).await.unwrap().is_some(),
+            "dead retention is longer"
+        );
+        store.tick(T0.plus_ms(120_001)).await.unwrap();
+        assert!(store.get_job(ids[1]).await.unwrap().is_none());
+        assert!(
+            store.get_job(ids[2]).await.unwrap().is_some(),
+            "unfinished jobs are never removed"
+        );
+    }
+
+    pub async fn list_is_newest_first_paginated_and_filtered(h: &dyn Harness) {
+        let store = h.open().await;
+        let mut tagged = job("a");
+        tagged.tags = vec!["tenant:7".into()];
+        let mut kinded = job("b");
+        kinded.kind = "other".into();
+        let mut all = vec![];
+        for (i, j) in [job("a"), tagged, kinded, job("b"), job("a")]
+            .into_iter()
+            .enumerate()
+        {
+            all.push(
+                store.enqueue(vec![j], T0.plus_ms(i as i64)).await.unwrap()[0]
+                    .job
+                    .id,
+            );
+        }
+        let mut seen = vec![];
+        let mut before = None;
+        loop {
+            let page = store
+                .list_jobs(JobFilter {
+                    limit: 2,
+                    before,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            seen.extend(page.jobs.iter().map(|j| j.id));
+            // A job created mid-pagination must not disturb the pages still to come.
+            if before.is_none() {
+                store.enqueue(vec![job("a")], T0.plus_ms(10)).await.unwrap();
+            }
+            match page.next {
+                Some(next) => before = Some(next),
+                None => break,
+            }
+        }
+        all.reverse();
+        assert_eq!(seen, all, "newest first, no duplicates, no gaps");
+        let f = |queue: Option<&str>, kind: Option<&str>, tag: Option<&str>| JobFilter {
+            queue: queue.map(Into::into),
+            kind: kind.map(Into::into),
+            tag: tag.map(Into::into),
+            limit: 50,
+            ..Default::default()
+        };
+        assert_eq!(
+            store
+                .list_jobs(f(Some("a"), None, None))
+                .await
+                .unwrap()
+                .jobs
+                .len(),
+            4
+        );
+        assert_eq!(
+            store
+                .list_jobs(f(None, Some("other"), None))
+                .await
+                .unwrap()
+                .jobs
+                .len(),
+            1
+        );
+        assert_eq!(
+            store
+                .list_jobs(f(None, None, Some("tenant:7")))
+                .await
+                .unwrap()
+                .jobs[0]
+                .id,
+            all[3]
+        );
+        let running = JobFilter {
+            state: Some(State::Running),
+            limit: 50,
+            ..Default::default()
+        };
+        assert!(store.list_jobs(running).await.unwrap().jobs.is_empty());
+    }
+
+    pub async fn batch_outcomes_succeed_or_fail_per_item(h: &dyn Harness) {
+        let store = h.open().await;
+        store.enqueue(vec![job("q"), job("q")], T0).await.unwrap();
+        let l = store.lease(lease_req(&["q"], 2), T0).await.unwrap();
+        let results = store
+            .record_outcomes(
+                vec![
+                    complete(l[0].job.id, &l[0].token),
+                    complete(l[1].job.id, "wrong"),
+                    fail(l[1].job.id, &l[1].token, true, Some(0)),
+                ],
+                T0,
+            )
+            .await
+            .unwrap();
+        assert_eq!(results[0].as_ref().unwrap().state, State::Completed);
+        assert!(matches!(
+            results[1],
+            Err(StoreError::Transition(TransitionError::LeaseLost))
+        ));
+        assert_eq!(
+            results[2].as_ref().unwrap().state,
+            State::Available,
+            "retry_in_ms 0 is available at once"
+        );
+    }
+
+    pub async fn reopen_keeps_every_job_and_rebuilds_dispatch(h: &dyn Harness) {
+        let store = h.open().await;
+        store
+            .configure_queue(
+                "q",
+                QueueOverrides {
+                    concurrency: Some(3),
+                    ..Default::default()
+                },
+                T0,
+            )
+            .await
+            .unwrap();
+        let mut delayed = job("q");
+        delayed.when = When::Delay(1_000);
+        let mut high = job("q");
+        high.priority = 10;
+        let ids: Vec<_> = store
+            .enqueue(vec![job("q"), job("q"), delayed, high], T0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.job.id)
+            .collect();
+        let mut req = lease_req(&["q"], 1);
+        req.lease_ms = Some(5_000);
+        let leased = store.lease(req, T0).await.unwrap().remove(0);
+        assert_eq!(leased.job.id, ids[3]);
+        store.set_paused("q", true, T0).await.unwrap();
+        store.close().await.unwrap();
+        assert!(
+            matches!(
+                store.enqueue(vec![job("q")], T0).await,
+                Err(StoreError::Unavailable(_))
+            ),
+            "closed store refuses"
+        );
+
+        let store = h.open().await;
+        assert_eq!(
+            store.get_job(ids[3]).await.unwrap().unwrap().state,
+            State::Running
+        );
+        assert!(
+            store
+                .lease(lease_req(&["q"], 10), T0)
+                .await
+                .unwrap()
+                .is_empty(),
+            "pause survived"
+        );
+        store.set_paused("q", false, T0).await.unwrap();
+        // Lease expiry is recovered from disk.
+        store.tick(T0.plus_ms(5_000)).await.unwrap();
+        let after = store.get_job(ids[3]).await.unwrap().unwrap();
+        assert_eq!(
+            after.state,
+            State::Scheduled,
+            "expired lease became a retry"
+        );
+        // Concurrency (3) survived; the delayed job became available and the order is intact.
+        let got: Vec<_> = store
+            .lease(lease_req(&["q"], 10), T0.plus_ms(5_000))
+            .await
+            .unwrap()
+            .iter()
+            .map(|l| l.job.id)
+            .collect();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[..2], [ids[0], ids[1]]);
+    }
+
+    pub async fn jobs_table_equals_the_fold_of_events(h: &dyn Harness) {
+        let store = h.open().await;
+        let mut now = T0;
+        let mut j = job("q");
+        j.max_attempts = Some(2);
+        store
+            .enqueue((0..20).map(|_| j.clone()).collect(), now)
+            .await
+            .unwrap();
+        for round in 0..4 {
+            let leased = store.lease(lease_req(&["q"], 8), now).await.unwrap();
+            let outcomes = leased
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    if (i + round) % 3 == 0 {
+                        complete(l.job.id, &l.token)
+                    } else {
+                        fail(l.job.id, &l.token, i % 4 != 1, None)
+                    }
+                })
+                .collect();
+            store.record_outcomes(outcomes, now).await.unwrap();
+            now = now.plus_ms(10_000);
+            store.tick(now).await.unwrap();
+        }
+        let some = store
+            .list_jobs(JobFilter {
+                limit: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .jobs;
+        let _ = store.cancel(some[0].id, now).await;
+        store.purge("q", State::Completed, now).await.unwrap();
+        let report = store.verify().await.unwrap();
+        assert!(report.jobs > 0 && report.events > report.jobs);
+        assert!(
+            report.mismatched.is_empty(),
+            "rows differ from their events: {:?}",
+            report.mismatched
+        );
+    }
+
+    pub async fn subscribers_wake_when_work_arrives(h: &dyn Harness) {
+        let store = h.open().await;
+        let mut rx = store.subscribe();
+        rx.borrow_and_update();
+        store.enqueue(vec![job("q")], T0).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx.changed())
+            .await
+            .expect("woken")
+            .unwrap();
+    }
+}
