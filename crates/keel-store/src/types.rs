@@ -1,6 +1,6 @@
 //! The values that cross the `Store` trait: requests and answers in domain terms, not SQL.
 
-use keel_core::{Job, Json, QueueConfig, State, Time};
+use keel_core::{Job, Json, QueueConfig, QueueOverrides, State, Time};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -93,6 +93,8 @@ impl Counts {
 pub struct QueueInfo {
     pub name: String,
     pub paused: bool,
+    /// What the operator set; `config` is the effective result with server defaults.
+    pub overrides: QueueOverrides,
     pub config: QueueConfig,
     pub counts: Counts,
     pub oldest_available_age_ms: Option<i64>,

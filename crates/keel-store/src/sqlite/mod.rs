@@ -143,6 +143,7 @@ impl SqliteStore {
                     name,
                     paused,
                     config: QueueConfig::with_overrides(&defaults, &overrides),
+                    overrides,
                     counts: Counts::default(),
                     oldest_available_age_ms: None,
                 });

@@ -246,6 +246,7 @@ impl Writer {
         let mut done: Vec<Done> = Vec::with_capacity(group.len());
         let mut close = false;
         self.wake = false;
+        let due_before = self.index.next_due();
         self.fatal = match self.conn.execute_batch("BEGIN IMMEDIATE") {
             Ok(()) => None,
             Err(e) => Some(StoreError::sqlite(e)),
@@ -263,7 +264,12 @@ impl Writer {
         }
         let fatal = self.fatal.take();
         match &fatal {
-            None => self.healthy.store(true, Ordering::Relaxed),
+            None => {
+                self.healthy.store(true, Ordering::Relaxed);
+                // Something became due sooner: the timer loop must re-plan its sleep.
+                let due_after = self.index.next_due();
+                self.wake |= due_after.is_some_and(|a| due_before.is_none_or(|b| a < b));
+            }
             Some(e) => {
                 tracing::error!(message = "Write group failed; rolled back.", error = %e);
                 self.healthy.store(false, Ordering::Relaxed);

@@ -1,0 +1,111 @@
+//! keel's HTTP server: routes (parse, check, call the store, map errors), dispatch (long polls and
+//! the timer loop) and the middleware stack. It holds no job rules: those live in keel-core and
+//! are applied by the store.
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+mod dispatch;
+mod extract;
+mod problem;
+mod routes;
+mod wire;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keel_core::{Limits, Time};
+use keel_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use problem::ApiError;
+
+/// The source of "now"; injected so tests can control it.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Time;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Time {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Time::from_millis(ms)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub limits: Limits,
+    /// How long graceful shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            limits: Limits::default(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every handler can reach. Fields are crate-private; handlers get what they need.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: Arc<ServerConfig>,
+    /// Turns true when shutdown begins; long polls end early on it.
+    pub(crate) stopping: watch::Receiver<bool>,
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
+/// requests finish (long polls return at once), stops the timers and closes the store, which
+/// flushes the writer. Returns when all of that is done.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop, stopping) = watch::channel(false);
+    let grace = config.shutdown_grace;
+    let state = AppState {
+        store: store.clone(),
+        clock: clock.clone(),
+        config: Arc::new(config),
+        stopping: stopping.clone(),
+    };
+    let timers = tokio::spawn(dispatch::run_timers(store.clone(), clock, stopping.clone()));
+    let app = routes::router(state);
+    let mut stopping_for_grace = stopping.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!(
+            message = "Shutting down: no new connections; finishing in-flight requests."
+        );
+        let _ = stop.send(true);
+    });
+    // In-flight requests get `grace` after shutdown begins; then the process moves on regardless.
+    let served = tokio::select! {
+        r = server => r,
+        _ = async {
+            let _ = stopping_for_grace.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(message = "Grace period over; abandoning remaining requests.");
+            Ok(())
+        }
+    };
+    let _ = timers.await;
+    if let Err(e) = store.close().await {
+        tracing::error!(message = "Store did not close cleanly.", error = %e);
+    }
+    tracing::info!(message = "Stopped.");
+    served
+}

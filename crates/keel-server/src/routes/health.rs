@@ -1,0 +1,24 @@
+//! `/healthz` (the process answers) and `/readyz` (storage can take writes).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::problem::ApiError;
+
+pub(crate) async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub(crate) async fn readyz(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    match tokio::time::timeout(Duration::from_secs(2), st.store.check_ready()).await {
+        Ok(Ok(())) => Ok(Json(json!({"status": "ready"}))),
+        Ok(Err(e)) => Err(ApiError::StorageUnavailable(e.to_string())),
+        Err(_) => Err(ApiError::StorageUnavailable(
+            "storage did not answer within 2 s".into(),
+        )),
+    }
+}

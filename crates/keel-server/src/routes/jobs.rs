@@ -1,0 +1,224 @@
+//! Producers and readers: enqueue (single and batch), get, list, events, cancel, retry.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keel_core::validate::check_name;
+use keel_core::{FieldError, State as JobState};
+use keel_store::{JobFilter, StoreError};
+use serde_json::json;
+
+use crate::AppState;
+use crate::extract::{Body, job_id};
+use crate::problem::ApiError;
+use crate::wire::{BatchBody, EnqueueBody, check_idempotency_key};
+
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+
+pub(crate) async fn enqueue(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Body(mut body): Body<EnqueueBody>,
+) -> Result<Response, ApiError> {
+    let mut errors = vec![];
+    if let Some(value) = headers.get("idempotency-key") {
+        let key = value.to_str().unwrap_or("").to_owned();
+        check_idempotency_key(&key, "/idempotency_key", &mut errors);
+        match &body.idempotency_key {
+            Some(k) if *k != key => errors.push(FieldError::new(
+                "/idempotency_key",
+                "differs from the Idempotency-Key header; give one, or both equal",
+            )),
+            _ => body.idempotency_key = Some(key),
+        }
+    }
+    let new = body.validate("", &st.config.limits, &mut errors);
+    let Some(new) = new.filter(|_| errors.is_empty()) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let mut out = st
+        .store
+        .enqueue(vec![new], st.clock.now())
+        .await
+        .map_err(|e| match e {
+            StoreError::IdempotencyConflict { .. } => {
+                let err = ApiError::from(e);
+                match err {
+                    ApiError::IdempotencyKeyReused(d, _) => {
+                        ApiError::IdempotencyKeyReused(d, Some("/idempotency_key".into()))
+                    }
+                    other => other,
+                }
+            }
+            other => other.into(),
+        })?;
+    let Some(done) = out.pop() else {
+        return Err(ApiError::Internal("enqueue returned no job".into()));
+    };
+    let mut res = if done.replayed {
+        let mut res = (StatusCode::OK, Json(&done.job)).into_response();
+        res.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        res
+    } else {
+        (StatusCode::CREATED, Json(&done.job)).into_response()
+    };
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/jobs/{}", done.job.id)) {
+        res.headers_mut().insert(header::LOCATION, location);
+    }
+    tracing::info!(message = "Job enqueued.", job_id = %done.job.id, queue = %done.job.queue, kind = %done.job.kind, replayed = done.replayed);
+    Ok(res)
+}
+
+pub(crate) async fn enqueue_batch(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Body(body): Body<BatchBody>,
+) -> Result<Response, ApiError> {
+    if headers.contains_key("idempotency-key") {
+        return Err(ApiError::field(
+            "",
+            "the Idempotency-Key header does not apply to a batch; set idempotency_key on each job",
+        ));
+    }
+    let max = st.config.limits.max_batch;
+    if body.jobs.is_empty() || body.jobs.len() > max {
+        return Err(ApiError::field(
+            "/jobs",
+            format!("must hold 1 to {max} jobs, got {}", body.jobs.len()),
+        ));
+    }
+    let mut errors = vec![];
+    let jobs: Vec<_> = body
+        .jobs
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, j)| j.validate(&format!("/jobs/{i}"), &st.config.limits, &mut errors))
+        .collect();
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let out = st.store.enqueue(jobs, st.clock.now()).await?;
+    let jobs: Vec<_> = out.iter().map(|e| &e.job).collect();
+    tracing::info!(
+        message = "Batch enqueued.",
+        jobs = jobs.len(),
+        replayed = out.iter().filter(|e| e.replayed).count()
+    );
+    Ok((StatusCode::CREATED, Json(json!({ "jobs": jobs }))).into_response())
+}
+
+pub(crate) async fn get(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    match st.store.get_job(id).await? {
+        Some(job) => Ok(Json(job).into_response()),
+        None => Err(ApiError::NotFound(format!("no job has id {id}"))),
+    }
+}
+
+pub(crate) async fn events(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    match st.store.job_events(id).await? {
+        Some(events) => {
+            let events: Vec<_> = events
+                .iter()
+                .map(|e| {
+                    let mut v = serde_json::to_value(&e.data).unwrap_or_default();
+                    if let Some(obj) = v.as_object_mut() {
+                        obj.insert("seq".into(), json!(e.seq));
+                        obj.insert("at".into(), json!(e.at));
+                    }
+                    v
+                })
+                .collect();
+            Ok(Json(json!({ "events": events })).into_response())
+        }
+        None => Err(ApiError::NotFound(format!("no job has id {id}"))),
+    }
+}
+
+pub(crate) async fn list(
+    State(st): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = query.map_err(|e| ApiError::field("", format!("bad query string: {e}")))?;
+    let mut filter = JobFilter {
+        limit: DEFAULT_LIMIT as usize,
+        ..Default::default()
+    };
+    let mut errors = vec![];
+    for (key, value) in params {
+        let pointer = format!("/{key}");
+        let name = |errors: &mut Vec<FieldError>| match check_name(&value) {
+            Ok(()) => Some(value.clone()),
+            Err(m) => {
+                errors.push(FieldError::new(&pointer, m));
+                None
+            }
+        };
+        match key.as_str() {
+            "queue" => filter.queue = name(&mut errors),
+            "kind" => filter.kind = name(&mut errors),
+            "tag" => filter.tag = name(&mut errors),
+            "state" => match JobState::parse(&value) {
+                Some(s) => filter.state = Some(s),
+                None => errors.push(FieldError::new(
+                    &pointer,
+                    "must be one of scheduled, available, running, completed, dead, cancelled",
+                )),
+            },
+            "limit" => match value.parse::<i64>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => filter.limit = n as usize,
+                _ => errors.push(FieldError::new(
+                    &pointer,
+                    format!("must be an integer from 1 to {MAX_LIMIT}"),
+                )),
+            },
+            "cursor" => match uuid::Uuid::parse_str(&value) {
+                Ok(id) => filter.before = Some(id),
+                Err(_) => errors.push(FieldError::new(
+                    &pointer,
+                    "is not a cursor returned by this endpoint",
+                )),
+            },
+            _ => errors.push(FieldError::new(&pointer, "is not a known query parameter")),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let page = st.store.list_jobs(filter).await?;
+    Ok(
+        Json(json!({ "jobs": page.jobs, "next_cursor": page.next.map(|id| id.to_string()) }))
+            .into_response(),
+    )
+}
+
+pub(crate) async fn cancel(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    let job = st.store.cancel(id, st.clock.now()).await?;
+    tracing::info!(message = "Job cancelled.", job_id = %job.id, queue = %job.queue);
+    Ok(Json(job).into_response())
+}
+
+pub(crate) async fn retry(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    let job = st.store.retry(id, st.clock.now()).await?;
+    tracing::info!(message = "Job retried.", job_id = %job.id, queue = %job.queue);
+    Ok(Json(job).into_response())
+}

@@ -1,0 +1,64 @@
+//! The route table and the middleware around it. Each handler module owns one area of API.md.
+
+mod health;
+mod jobs;
+mod queues;
+mod workers;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Request, Response};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+use crate::AppState;
+use crate::problem::ApiError;
+
+pub(crate) fn router(state: AppState) -> Router {
+    let body_limit = state.config.limits.max_body_bytes;
+    Router::new()
+        .route("/v1/jobs", post(jobs::enqueue).get(jobs::list))
+        .route("/v1/jobs/batch", post(jobs::enqueue_batch))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/events", get(jobs::events))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/retry", post(jobs::retry))
+        .route("/v1/jobs/{id}/heartbeat", post(workers::heartbeat))
+        .route("/v1/jobs/{id}/complete", post(workers::complete))
+        .route("/v1/jobs/{id}/fail", post(workers::fail))
+        .route("/v1/lease", post(workers::lease))
+        .route("/v1/ack", post(workers::ack))
+        .route("/v1/queues", get(queues::list))
+        .route("/v1/queues/{name}", get(queues::get).put(queues::put))
+        .route("/v1/queues/{name}/pause", post(queues::pause))
+        .route("/v1/queues/{name}/resume", post(queues::resume))
+        .route("/v1/queues/{name}/replay", post(queues::replay))
+        .route("/v1/queues/{name}/purge", post(queues::purge))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
+                    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
+                })
+                .on_request(())
+                .on_response(|res: &Response<_>, latency: Duration, _span: &Span| {
+                    tracing::info!(message = "Request served.", status = res.status().as_u16(), latency_ms = latency.as_secs_f64() * 1e3);
+                })
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(CatchPanicLayer::custom(|_| ApiError::Internal("a handler panicked".into()).into_response()))
+}

@@ -1,0 +1,168 @@
+//! Queues: list, read, configure, pause/resume, replay dead letters, purge.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use keel_core::validate::check_name;
+use keel_core::{FieldError, QueueOverrides, State as JobState};
+use keel_store::ReplayFilter;
+use serde_json::json;
+
+use crate::AppState;
+use crate::extract::Body;
+use crate::problem::ApiError;
+use crate::wire::{PurgeBody, QueuePatch, QueueView, ReplayBody, parse_state};
+
+const MAX_REPLAY: i64 = 100_000;
+
+fn no_queue(name: &str) -> ApiError {
+    ApiError::NotFound(format!("no queue is named {name:?}"))
+}
+
+/// A queue name from the path; a name that breaks the rules cannot exist.
+fn existing_name(name: &str) -> Result<&str, ApiError> {
+    check_name(name).map(|()| name).map_err(|_| no_queue(name))
+}
+
+pub(crate) async fn list(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let queues: Vec<QueueView> = st
+        .store
+        .queues(st.clock.now())
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok(Json(queues).into_response())
+}
+
+pub(crate) async fn get(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let name = existing_name(&name)?;
+    match st.store.queue(name, st.clock.now()).await? {
+        Some(q) => Ok(Json(QueueView::from(q)).into_response()),
+        None => Err(no_queue(name)),
+    }
+}
+
+pub(crate) async fn put(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    Body(patch): Body<QueuePatch>,
+) -> Result<Response, ApiError> {
+    if let Err(m) = check_name(&name) {
+        return Err(ApiError::field(
+            "",
+            format!("the queue name in the path {m}"),
+        ));
+    }
+    let now = st.clock.now();
+    let current = st
+        .store
+        .queue(&name, now)
+        .await?
+        .map(|q| q.overrides)
+        .unwrap_or_else(QueueOverrides::default);
+    let overrides = patch.apply(current).map_err(ApiError::Validation)?;
+    let q = st.store.configure_queue(&name, overrides, now).await?;
+    tracing::info!(message = "Queue configured.", queue = %name);
+    Ok(Json(QueueView::from(q)).into_response())
+}
+
+async fn set_paused(st: AppState, name: String, paused: bool) -> Result<Response, ApiError> {
+    let name = existing_name(&name)?;
+    let q = st
+        .store
+        .set_paused(name, paused, st.clock.now())
+        .await
+        .map_err(|e| match e {
+            keel_store::StoreError::NotFound => no_queue(name),
+            other => other.into(),
+        })?;
+    tracing::info!(message = if paused { "Queue paused." } else { "Queue resumed." }, queue = %name);
+    Ok(Json(QueueView::from(q)).into_response())
+}
+
+pub(crate) async fn pause(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    set_paused(st, name, true).await
+}
+
+pub(crate) async fn resume(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    set_paused(st, name, false).await
+}
+
+pub(crate) async fn replay(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    Body(body): Body<ReplayBody>,
+) -> Result<Response, ApiError> {
+    let name = existing_name(&name)?;
+    let mut errors: Vec<FieldError> = vec![];
+    let state = parse_state(
+        body.state.as_deref().unwrap_or("dead"),
+        "/state",
+        &[JobState::Dead, JobState::Cancelled],
+    )
+    .unwrap_or_else(|e| {
+        errors.push(e);
+        JobState::Dead
+    });
+    if let Some(kind) = &body.kind {
+        if let Err(m) = check_name(kind) {
+            errors.push(FieldError::new("/kind", m));
+        }
+    }
+    let limit = body.limit.unwrap_or(1_000);
+    keel_core::validate::check_range(&mut errors, "/limit", limit, 1, MAX_REPLAY);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let filter = ReplayFilter {
+        state,
+        kind: body.kind,
+        limit: limit as usize,
+    };
+    let n = st
+        .store
+        .replay(name, filter, st.clock.now())
+        .await
+        .map_err(|e| match e {
+            keel_store::StoreError::NotFound => no_queue(name),
+            other => other.into(),
+        })?;
+    tracing::info!(message = "Queue replayed.", queue = %name, replayed = n);
+    Ok(Json(json!({ "replayed": n })).into_response())
+}
+
+pub(crate) async fn purge(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    Body(body): Body<PurgeBody>,
+) -> Result<Response, ApiError> {
+    let name = existing_name(&name)?;
+    let allowed = [
+        JobState::Dead,
+        JobState::Completed,
+        JobState::Cancelled,
+        JobState::Available,
+    ];
+    let state =
+        parse_state(&body.state, "/state", &allowed).map_err(|e| ApiError::Validation(vec![e]))?;
+    let n = st
+        .store
+        .purge(name, state, st.clock.now())
+        .await
+        .map_err(|e| match e {
+            keel_store::StoreError::NotFound => no_queue(name),
+            other => other.into(),
+        })?;
+    tracing::info!(message = "Queue purged.", queue = %name, state = %state, purged = n);
+    Ok(Json(json!({ "purged": n })).into_response())
+}

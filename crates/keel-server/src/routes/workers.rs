@@ -1,0 +1,263 @@
+//! Pull workers: lease (long poll), heartbeat, complete, fail, and batch ack. The lease token is
+//! a fencing token: the store refuses any outcome whose token is not the job's current lease.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use keel_core::FieldError;
+use keel_core::validate::check_range;
+use keel_store::{LeaseRequest, Outcome, OutcomeKind, StoreError};
+use serde_json::json;
+
+use crate::AppState;
+use crate::dispatch::lease_with_wait;
+use crate::extract::{Body, job_id};
+use crate::problem::ApiError;
+use crate::wire::{
+    AckBody, AckOutcome, CompleteBody, ErrorBody, FailBody, HeartbeatBody, LeaseBody,
+    LeasedJobView, MAX_DELAY_MS, MAX_LEASE_JOBS, MAX_LEASE_WAIT_MS, MAX_TIMEOUT_MS, optional_json,
+};
+
+const MAX_QUEUES_PER_LEASE: usize = 64;
+const MAX_ERROR_MESSAGE: usize = 8_192;
+const MAX_WORKER_LEN: usize = 255;
+
+pub(crate) async fn lease(
+    State(st): State<AppState>,
+    Body(body): Body<LeaseBody>,
+) -> Result<Response, ApiError> {
+    let mut errors = vec![];
+    if body.queues.is_empty() || body.queues.len() > MAX_QUEUES_PER_LEASE {
+        errors.push(FieldError::new(
+            "/queues",
+            format!("must name 1 to {MAX_QUEUES_PER_LEASE} queues"),
+        ));
+    }
+    for (i, q) in body.queues.iter().enumerate() {
+        if let Err(m) = keel_core::validate::check_name(q) {
+            errors.push(FieldError::new(format!("/queues/{i}"), m));
+        }
+    }
+    let max_jobs = body.max_jobs.unwrap_or(1);
+    check_range(&mut errors, "/max_jobs", max_jobs, 1, MAX_LEASE_JOBS);
+    let wait_ms = body.wait_ms.unwrap_or(0);
+    check_range(&mut errors, "/wait_ms", wait_ms, 0, MAX_LEASE_WAIT_MS);
+    if let Some(ms) = body.lease_ms {
+        check_range(&mut errors, "/lease_ms", ms, 1, MAX_TIMEOUT_MS);
+    }
+    if body
+        .worker
+        .as_ref()
+        .is_some_and(|w| w.len() > MAX_WORKER_LEN)
+    {
+        errors.push(FieldError::new(
+            "/worker",
+            format!("must be at most {MAX_WORKER_LEN} bytes"),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let req = LeaseRequest {
+        queues: body.queues,
+        max_jobs: max_jobs as usize,
+        lease_ms: body.lease_ms,
+        worker: body.worker,
+    };
+    let leased = lease_with_wait(&*st.store, &*st.clock, req, wait_ms, st.stopping.clone()).await?;
+    for l in &leased {
+        tracing::info!(message = "Job leased.", job_id = %l.job.id, queue = %l.job.queue, kind = %l.job.kind, attempt = l.job.attempt);
+    }
+    let jobs: Vec<LeasedJobView> = leased.into_iter().map(Into::into).collect();
+    Ok(Json(json!({ "jobs": jobs })).into_response())
+}
+
+pub(crate) async fn heartbeat(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Body(body): Body<HeartbeatBody>,
+) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    let lease_ms = match body.lease_ms {
+        Some(ms) => {
+            let mut errors = vec![];
+            check_range(&mut errors, "/lease_ms", ms, 1, MAX_TIMEOUT_MS);
+            if !errors.is_empty() {
+                return Err(ApiError::Validation(errors));
+            }
+            ms
+        }
+        // Without lease_ms, extend by the job's timeout, as a lease does.
+        None => match st.store.get_job(id).await? {
+            Some(job) => job.timeout_ms,
+            None => return Err(ApiError::NotFound(format!("no job has id {id}"))),
+        },
+    };
+    let expires_at = st
+        .store
+        .heartbeat(id, body.lease_token, lease_ms, st.clock.now())
+        .await?;
+    Ok(Json(json!({ "expires_at": expires_at })).into_response())
+}
+
+pub(crate) async fn complete(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Body(body): Body<CompleteBody>,
+) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    let result = optional_json(body.result, "/result", st.config.limits.max_result_bytes)
+        .map_err(|e| ApiError::Validation(vec![e]))?;
+    let outcome = Outcome {
+        id,
+        token: body.lease_token,
+        kind: OutcomeKind::Completed { result },
+    };
+    single_outcome(&st, outcome).await
+}
+
+pub(crate) async fn fail(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Body(body): Body<FailBody>,
+) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    let mut errors = vec![];
+    let kind = failure(body.error, body.retry_in_ms, "", &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    single_outcome(
+        &st,
+        Outcome {
+            id,
+            token: body.lease_token,
+            kind,
+        },
+    )
+    .await
+}
+
+async fn single_outcome(st: &AppState, outcome: Outcome) -> Result<Response, ApiError> {
+    let mut results = st
+        .store
+        .record_outcomes(vec![outcome], st.clock.now())
+        .await?;
+    let job = results
+        .pop()
+        .unwrap_or(Err(StoreError::Internal("no outcome recorded".into())))?;
+    tracing::info!(message = "Outcome recorded.", job_id = %job.id, queue = %job.queue, state = %job.state, attempt = job.attempt);
+    Ok(Json(job).into_response())
+}
+
+/// Validates a failure report; `at` is the pointer prefix of the object holding `error`.
+fn failure(
+    error: ErrorBody,
+    retry_in_ms: Option<i64>,
+    at: &str,
+    errors: &mut Vec<FieldError>,
+) -> OutcomeKind {
+    if error.message.len() > MAX_ERROR_MESSAGE {
+        errors.push(FieldError::new(
+            format!("{at}/error/message"),
+            format!("must be at most {MAX_ERROR_MESSAGE} bytes"),
+        ));
+    }
+    if error.kind.as_ref().is_some_and(|k| k.len() > 128) {
+        errors.push(FieldError::new(
+            format!("{at}/error/type"),
+            "must be at most 128 bytes",
+        ));
+    }
+    if let Some(ms) = retry_in_ms {
+        check_range(errors, &format!("{at}/retry_in_ms"), ms, 0, MAX_DELAY_MS);
+    }
+    OutcomeKind::Failed {
+        message: error.message,
+        kind: error.kind,
+        retryable: error.retryable.unwrap_or(true),
+        retry_in_ms,
+    }
+}
+
+pub(crate) async fn ack(
+    State(st): State<AppState>,
+    Body(body): Body<AckBody>,
+) -> Result<Response, ApiError> {
+    let max = st.config.limits.max_batch;
+    if body.items.is_empty() || body.items.len() > max {
+        return Err(ApiError::field(
+            "/items",
+            format!("must hold 1 to {max} items, got {}", body.items.len()),
+        ));
+    }
+    let mut errors = vec![];
+    let mut outcomes = Vec::with_capacity(body.items.len());
+    for (i, item) in body.items.into_iter().enumerate() {
+        let at = format!("/items/{i}");
+        let Ok(id) = uuid::Uuid::parse_str(&item.id) else {
+            errors.push(FieldError::new(format!("{at}/id"), "is not a job id"));
+            continue;
+        };
+        let kind = match (item.outcome, item.error) {
+            (AckOutcome::Completed, None) if item.retry_in_ms.is_none() => {
+                match optional_json(
+                    item.result,
+                    &format!("{at}/result"),
+                    st.config.limits.max_result_bytes,
+                ) {
+                    Ok(result) => OutcomeKind::Completed { result },
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                }
+            }
+            (AckOutcome::Completed, _) => {
+                errors.push(FieldError::new(
+                    at,
+                    "error and retry_in_ms are only for outcome \"failed\"",
+                ));
+                continue;
+            }
+            (AckOutcome::Failed, None) => {
+                errors.push(FieldError::new(
+                    format!("{at}/error"),
+                    "is required when outcome is \"failed\"",
+                ));
+                continue;
+            }
+            (AckOutcome::Failed, Some(error)) => {
+                if item.result.is_some() {
+                    errors.push(FieldError::new(
+                        format!("{at}/result"),
+                        "is only for outcome \"completed\"",
+                    ));
+                }
+                failure(error, item.retry_in_ms, &at, &mut errors)
+            }
+        };
+        outcomes.push(Outcome {
+            id,
+            token: item.lease_token,
+            kind,
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let ids: Vec<_> = outcomes.iter().map(|o| o.id).collect();
+    let results = st.store.record_outcomes(outcomes, st.clock.now()).await?;
+    let items: Vec<_> = ids
+        .into_iter()
+        .zip(results)
+        .map(|(id, r)| match r {
+            Ok(job) => json!({ "id": id, "status": 200, "job": job }),
+            Err(e) => {
+                let e = ApiError::from(e);
+                json!({ "id": id, "status": e.status().as_u16(), "job": null, "error": e.slug_and_detail() })
+            }
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })).into_response())
+}

@@ -1,0 +1,9 @@
+//! HTTP integration tests: the real server on an ephemeral loopback port, real SQLite files in a
+//! temporary directory, real HTTP. One binary, a module per area of the API.
+
+mod helpers;
+
+mod errors;
+mod jobs;
+mod queues;
+mod workers;
