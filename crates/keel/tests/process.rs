@@ -1,0 +1,248 @@
+//! The real `keel` binary as a child process: crash (`kill -9`) and restart lose nothing that was
+//! acknowledged, SIGTERM exits 0, and the listener rules hold.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+struct Keel {
+    child: Child,
+    base: String,
+}
+
+impl Keel {
+    /// Starts `keel serve` on an ephemeral port (data dir via KEEL_DATA_DIR) and waits until it
+    /// logs its address. Its logs are drained in the background so the pipe never fills.
+    fn start(data_dir: &Path) -> Keel {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("KEEL_DATA_DIR", data_dir)
+            .env("RUST_LOG", "warn,keel=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("keel exited before serving").unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if v["message"] == "keel is serving." {
+                break v["addr"].as_str().unwrap().to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Keel {
+            child,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap()
+    }
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: String,
+    body: Value,
+) -> Result<(u16, Value), reqwest::Error> {
+    let res = http.post(url).json(&body).send().await?;
+    let status = res.status().as_u16();
+    Ok((status, res.json().await.unwrap_or(Value::Null)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acknowledged_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // key -> job id, for every enqueue the server acknowledged (2xx).
+    let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    // job ids whose completion the server acknowledged.
+    let completed: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut next_key = 0usize;
+
+    for round in 0..4 {
+        let keel = Keel::start(dir.path());
+        let base = keel.base.clone();
+        let mut tasks = vec![];
+        for p in 0..6 {
+            let (http, base, acked) = (http.clone(), base.clone(), acked.clone());
+            let first = next_key + p * 10_000;
+            tasks.push(tokio::spawn(async move {
+                for k in first..first + 10_000 {
+                    let key = format!("key-{k}");
+                    let body = json!({"queue": "crash", "kind": "k", "payload": {"k": k}, "idempotency_key": key});
+                    match post(&http, format!("{base}/v1/jobs"), body).await {
+                        Ok((201 | 200, job)) => {
+                            acked.lock().unwrap().insert(key, job["id"].as_str().unwrap().to_owned());
+                        }
+                        Ok((status, body)) => panic!("unexpected {status}: {body}"),
+                        Err(_) => return, // the server is gone
+                    }
+                }
+            }));
+        }
+        {
+            let (http, base, completed) = (http.clone(), base.clone(), completed.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let Ok((200, got)) = post(&http, format!("{base}/v1/lease"), json!({"queues": ["crash"], "max_jobs": 20, "lease_ms": 2000, "wait_ms": 100})).await else { return };
+                    // Complete half; abandon the rest so their leases must be recovered.
+                    for j in got["jobs"].as_array().unwrap().iter().step_by(2) {
+                        let id = j["id"].as_str().unwrap().to_owned();
+                        let body = json!({"lease_token": j["lease"]["token"]});
+                        match post(&http, format!("{base}/v1/jobs/{id}/complete"), body).await {
+                            Ok((200, _)) => {
+                                completed.lock().unwrap().insert(id);
+                            }
+                            Ok((status, body)) => panic!("complete answered {status}: {body}"),
+                            Err(_) => return,
+                        }
+                    }
+                }
+            }));
+        }
+        // Let load build, then crash at a moment that varies by round.
+        tokio::time::sleep(Duration::from_millis(300 + 170 * round)).await;
+        keel.kill_9();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        next_key += 60_000;
+    }
+
+    let acked = acked.lock().unwrap().clone();
+    let completed = completed.lock().unwrap().clone();
+    assert!(
+        acked.len() > 100,
+        "the load generator got work acknowledged ({})",
+        acked.len()
+    );
+    let keel = Keel::start(dir.path());
+    let base = keel.base.clone();
+    for (key, id) in &acked {
+        let res = http
+            .get(format!("{base}/v1/jobs/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            200,
+            "acknowledged job {id} ({key}) is missing after kill -9"
+        );
+        let job: Value = res.json().await.unwrap();
+        assert_eq!(job["idempotency_key"], key.as_str());
+        if completed.contains(id) {
+            assert_eq!(
+                job["state"], "completed",
+                "acknowledged completion of {id} was lost"
+            );
+        }
+    }
+    // Exactly once: re-sending every acknowledged key creates nothing new.
+    for (key, id) in acked.iter().take(200) {
+        let k: usize = key.trim_start_matches("key-").parse().unwrap();
+        let body =
+            json!({"queue": "crash", "kind": "k", "payload": {"k": k}, "idempotency_key": key});
+        let (status, job) = post(&http, format!("{base}/v1/jobs"), body).await.unwrap();
+        assert_eq!((status, job["id"].as_str()), (200, Some(id.as_str())));
+    }
+    // Abandoned leases are recovered: nothing stays running once the leases (2 s) are over.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let q: Value = http
+            .get(format!("{base}/v1/queues/crash"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if q["counts"]["running"] == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expired leases were not recovered: {q}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = keel.terminate();
+    assert!(status.success(), "SIGTERM exits 0, got {status}");
+
+    // Offline check of the data dir: the jobs table equals the fold of the events.
+    let store = keel_store::SqliteStore::open(
+        keel_store::SqliteConfig::new(dir.path()),
+        keel_core::Time::from_millis(0),
+    )
+    .unwrap();
+    let report = keel_store::Store::verify(&store).await.unwrap();
+    assert!(
+        report.mismatched.is_empty(),
+        "rows differ from their events: {:?}",
+        report.mismatched
+    );
+    assert!(report.jobs >= acked.len());
+    println!(
+        "checked {} acknowledged enqueues, {} acknowledged completions, {} jobs, {} events",
+        acked.len(),
+        completed.len(),
+        report.jobs,
+        report.events
+    );
+}
+
+#[test]
+fn non_loopback_listener_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("loopback") && stderr.contains("--listen"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_help_states_the_flags_and_defaults() {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "--listen",
+        "KEEL_LISTEN",
+        "127.0.0.1:8470",
+        "--data-dir",
+        "KEEL_DATA_DIR",
+        "./keel-data",
+    ] {
+        assert!(help.contains(needle), "help lacks {needle}: {help}");
+    }
+}
