@@ -186,8 +186,7 @@ pub fn step(
     now: Time,
 ) -> Result<(Option<Job>, Vec<EventData>), TransitionError> {
     let events = transition(job, cmd, now)?;
-    let next = events
-        .iter()
-        .fold(Some(job.clone()), |j, ev| apply(j, ev, now));
+    // A purge (None) ends the job; no event can follow it within one step.
+    let next = events.iter().try_fold(job.clone(), |j, ev| apply(Some(j), ev, now));
     Ok((next, events))
 }

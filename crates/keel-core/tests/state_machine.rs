@@ -1,6 +1,8 @@
 //! Property tests: no sequence of commands reaches an illegal job, loses a job, lets a stale
 //! lease decide an outcome, or makes the event fold disagree with the job.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use keel_core::lease::token_hash;
 use keel_core::{
     Command, Event, EventData, Failure, Job, Json, NewJob, QueueConfig, State, Time,

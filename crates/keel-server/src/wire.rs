@@ -312,10 +312,10 @@ impl QueuePatch {
             });
         }
         if let Some(v) = self.timeout_ms {
-            o.timeout_ms = v.map(|n| {
+            if let Some(n) = v {
                 check_range(&mut errors, "/timeout_ms", n, 1, MAX_TIMEOUT_MS);
-                n
-            });
+            }
+            o.timeout_ms = v;
         }
         if let Some(v) = self.backoff {
             o.backoff = v.map(|b| b.validate("/backoff", &mut errors));

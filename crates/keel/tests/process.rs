@@ -1,6 +1,8 @@
 //! The real `keel` binary as a child process: crash (`kill -9`) and restart lose nothing that was
 //! acknowledged, SIGTERM exits 0, and the listener rules hold.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;

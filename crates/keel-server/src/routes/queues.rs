@@ -114,10 +114,8 @@ pub(crate) async fn replay(
         errors.push(e);
         JobState::Dead
     });
-    if let Some(kind) = &body.kind {
-        if let Err(m) = check_name(kind) {
-            errors.push(FieldError::new("/kind", m));
-        }
+    if let Some(Err(m)) = body.kind.as_deref().map(check_name) {
+        errors.push(FieldError::new("/kind", m));
     }
     let limit = body.limit.unwrap_or(1_000);
     keel_core::validate::check_range(&mut errors, "/limit", limit, 1, MAX_REPLAY);

@@ -50,7 +50,9 @@ async fn every_bad_enqueue_gets_its_own_problem_and_writes_nothing() {
     );
     let big_payload =
         json!({"queue": "q", "kind": "k", "payload": "x".repeat((1 << 20) + 10)}).to_string();
-    let cases: Vec<(&str, Option<&str>, String, u16, &str, Vec<&str>)> = vec![
+    // (what, content type, body, status, problem slug, error pointers)
+    type Case<'a> = (&'a str, Option<&'a str>, String, u16, &'a str, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         ("malformed JSON", Some("application/json"), "{\"queue\":".into(), 400, "malformed-json", vec![]),
         ("trailing garbage", Some("application/json"), format!("{} x", job("q")), 400, "malformed-json", vec![]),
         ("no content type", None, job("q").to_string(), 415, "unsupported-media-type", vec![]),

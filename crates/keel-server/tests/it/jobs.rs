@@ -36,7 +36,7 @@ async fn enqueue_answers_201_with_the_stored_job_and_its_history() {
     );
     let events = s.get(&format!("/v1/jobs/{id}/events"), 200).await;
     assert_eq!(events["events"][0]["type"], "enqueued");
-    assert_eq!(events["events"][0]["seq"].as_i64().is_some(), true);
+    assert!(events["events"][0]["seq"].as_i64().is_some());
 }
 
 #[tokio::test]

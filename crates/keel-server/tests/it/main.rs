@@ -1,6 +1,8 @@
 //! HTTP integration tests: the real server on an ephemeral loopback port, real SQLite files in a
 //! temporary directory, real HTTP. One binary, a module per area of the API.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod helpers;
 
 mod errors;

@@ -455,10 +455,10 @@ impl ReadPool {
             None => open_reader(&self.path).map_err(StoreError::sqlite)?,
         };
         let result = f(&conn).map_err(StoreError::sqlite);
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < MAX_IDLE_READERS {
-                idle.push(conn);
-            }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE_READERS
+        {
+            idle.push(conn);
         }
         result
     }

@@ -257,10 +257,10 @@ impl Writer {
             }
             done.push(self.handle(req));
         }
-        if self.fatal.is_none() {
-            if let Err(e) = self.conn.execute_batch("COMMIT") {
-                self.fatal = Some(StoreError::sqlite(e));
-            }
+        if self.fatal.is_none()
+            && let Err(e) = self.conn.execute_batch("COMMIT")
+        {
+            self.fatal = Some(StoreError::sqlite(e));
         }
         let fatal = self.fatal.take();
         match &fatal {
@@ -494,7 +494,7 @@ impl Writer {
         // Pass 1 decides every item before anything is written, so a conflict writes nothing.
         enum Plan {
             Create(String),
-            Replay(Job),
+            Replay(Box<Job>),
             /// Same key and request as an earlier item of this batch.
             SameAs(usize),
         }
@@ -529,7 +529,7 @@ impl Writer {
                 // The original may be gone (purged, or past a retention shorter than the key's
                 // life); then the key is free again.
                 Some((id, _)) => match self.load(Uuid::from_bytes(id))? {
-                    Some(job) => plans.push(Plan::Replay(job)),
+                    Some(job) => plans.push(Plan::Replay(Box::new(job))),
                     None => plans.push(Plan::Create(fingerprint)),
                 },
                 None => plans.push(Plan::Create(fingerprint)),
@@ -540,7 +540,7 @@ impl Writer {
         for (new, plan) in jobs.into_iter().zip(plans) {
             match plan {
                 Plan::Replay(job) => out.push(Enqueued {
-                    job,
+                    job: *job,
                     replayed: true,
                 }),
                 Plan::SameAs(i) => {
