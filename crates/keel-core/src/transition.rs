@@ -187,6 +187,8 @@ pub fn step(
 ) -> Result<(Option<Job>, Vec<EventData>), TransitionError> {
     let events = transition(job, cmd, now)?;
     // A purge (None) ends the job; no event can follow it within one step.
-    let next = events.iter().try_fold(job.clone(), |j, ev| apply(Some(j), ev, now));
+    let next = events
+        .iter()
+        .try_fold(job.clone(), |j, ev| apply(Some(j), ev, now));
     Ok((next, events))
 }

@@ -104,6 +104,40 @@ pub fn json_depth(text: &[u8]) -> usize {
     deepest
 }
 
+/// Removes insignificant whitespace from valid JSON text, keeping key order and string contents
+/// byte for byte. Borrows when there is nothing to remove (the common case).
+pub fn compact_json(text: &str) -> std::borrow::Cow<'_, str> {
+    let (mut in_string, mut escaped) = (false, false);
+    let is_ws = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let mut out: Option<Vec<u8>> = None;
+    for (i, &b) in text.as_bytes().iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if is_ws(b) {
+            out.get_or_insert_with(|| text.as_bytes()[..i].to_vec());
+            continue;
+        }
+        if let Some(o) = out.as_mut() {
+            o.push(b);
+        }
+    }
+    match out {
+        // Only ASCII whitespace was removed between tokens, so the bytes stay valid UTF-8.
+        Some(bytes) => std::borrow::Cow::Owned(
+            String::from_utf8(bytes)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
+        None => std::borrow::Cow::Borrowed(text),
+    }
+}
+
 /// Escapes one reference token of a JSON pointer (RFC 6901).
 pub fn pointer_token(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
@@ -121,6 +155,19 @@ mod tests {
         assert!(check_name("é").is_err());
         assert!(check_name(&"a".repeat(128)).is_ok());
         assert!(check_name(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn compaction_keeps_strings_and_order() {
+        assert_eq!(
+            compact_json(r#"{ "b" : [1, 2] ,"a":" x \" y "}"#),
+            r#"{"b":[1,2],"a":" x \" y "}"#
+        );
+        assert!(matches!(
+            compact_json(r#"{"a":1}"#),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(compact_json("\n 7 \t"), "7");
     }
 
     #[test]

@@ -155,7 +155,7 @@ impl EnqueueBody {
         Some(NewJob {
             queue: self.queue,
             kind: self.kind,
-            payload: Json(self.payload),
+            payload: compact(self.payload),
             priority: priority as i32,
             when,
             max_attempts: self.max_attempts.map(|n| n as u32),
@@ -361,7 +361,15 @@ pub fn optional_json(
             pointer,
             format!("is {} bytes; the limit is {limit}", r.get().len()),
         )),
-        r => Ok(r.map(Json)),
+        r => Ok(r.map(compact)),
+    }
+}
+
+/// Stores JSON without the client's insignificant whitespace.
+fn compact(raw: Box<RawValue>) -> Json {
+    match keel_core::validate::compact_json(raw.get()) {
+        std::borrow::Cow::Borrowed(_) => Json(raw),
+        std::borrow::Cow::Owned(text) => Json::from_text(text).unwrap_or(Json(raw)),
     }
 }
 

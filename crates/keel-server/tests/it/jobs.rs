@@ -192,3 +192,23 @@ async fn delayed_jobs_wait_and_priorities_order_hand_out() {
         "scheduled jobs are not handed out"
     );
 }
+
+#[tokio::test]
+async fn payloads_are_stored_compact_with_key_order_kept() {
+    let s = TestServer::start().await;
+    let body = "{\"queue\":\"q\",\"kind\":\"k\",\"payload\": { \"z\" : [1, 2],\n \"a\": \" spaced  string \" }}";
+    let res = s
+        .http
+        .post(s.url("/v1/jobs"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let text = res.text().await.unwrap();
+    assert!(
+        text.contains(r#""payload":{"z":[1,2],"a":" spaced  string "}"#),
+        "{text}"
+    );
+}
