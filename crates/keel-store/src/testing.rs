@@ -50,6 +50,7 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@cases $make;
             enqueue_is_durable_and_readable_with_defaults,
+            ids_increase_in_commit_order,
             delayed_job_waits_for_run_at,
             lease_hands_out_priority_then_run_at_then_id,
             lease_tries_queues_in_order_up_to_max_jobs,
@@ -176,6 +177,37 @@ pub mod cases {
             .expect("queue created on first use");
         assert_eq!(q.counts.available, 1);
         assert!(store.get_job(uuid::Uuid::now_v7()).await.unwrap().is_none());
+    }
+
+    pub async fn ids_increase_in_commit_order(h: &dyn Harness) {
+        let store = h.open().await;
+        // 5,000 jobs in one millisecond overflow the 12-bit counter; order must still hold.
+        let first: Vec<_> = store
+            .enqueue((0..5_000).map(|_| job("q")).collect(), T0)
+            .await
+            .unwrap();
+        // A clock that went back must not produce smaller ids.
+        let earlier = store
+            .enqueue(vec![job("q")], T0.plus_ms(-60_000))
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        let store = h.open().await;
+        let after_restart = store.enqueue(vec![job("q")], T0).await.unwrap();
+        let ids: Vec<_> = first
+            .iter()
+            .chain(&earlier)
+            .chain(&after_restart)
+            .map(|e| e.job.id)
+            .collect();
+        if let Some(i) = ids.windows(2).position(|w| w[0] >= w[1]) {
+            panic!(
+                "ids are not strictly increasing at {i}: {} then {}",
+                ids[i],
+                ids[i + 1]
+            );
+        }
+        assert!(ids.iter().all(|id| id.get_version_num() == 7));
     }
 
     pub async fn delayed_job_waits_for_run_at(h: &dyn Harness) {

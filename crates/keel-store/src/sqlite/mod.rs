@@ -273,7 +273,7 @@ impl Store for SqliteStore {
         let events = self
             .read(move |conn| {
                 let mut stmt = conn.prepare_cached(
-                    "SELECT seq, job_id, at, type, data FROM events WHERE job_id = ?1 ORDER BY seq",
+                    "SELECT seq, job_id, at, data FROM events WHERE job_id = ?1 ORDER BY seq",
                 )?;
                 stmt.query_map([id.into_bytes()], event_from_row)?
                     .collect::<rusqlite::Result<Vec<Event>>>()
@@ -415,9 +415,11 @@ impl Store for SqliteStore {
 
     async fn export_events(&self, after_seq: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
         self.read(move |conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT seq, job_id, at, type, data FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-            stmt.query_map(params![after_seq, limit as i64], event_from_row)?.collect()
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, job_id, at, data FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            stmt.query_map(params![after_seq, limit as i64], event_from_row)?
+                .collect()
         })
         .await
     }

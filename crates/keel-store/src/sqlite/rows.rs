@@ -141,19 +141,14 @@ fn to_json<T: serde::Serialize>(value: &T) -> rusqlite::Result<String> {
     serde_json::to_string(value).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
-/// Reads an event from `seq, job_id, at, type, data`.
+/// Reads an event from `seq, job_id, at, data`; `data` holds the tagged event
+/// (`{"type": ..., "data": {...}}`), so one parse gives the `EventData`.
 pub(crate) fn event_from_row(row: &Row) -> rusqlite::Result<Event> {
     let seq: i64 = row.get(0)?;
     let job_id = uuid_col(row, 1)?;
     let at = Time::from_millis(row.get(2)?);
-    let kind: String = row.get(3)?;
-    let data: String = row.get(4)?;
-    let tagged = format!(
-        "{{\"type\":{},\"data\":{}}}",
-        serde_json::Value::String(kind),
-        data
-    );
-    let data: EventData = serde_json::from_str(&tagged).map_err(|e| conversion(4, e))?;
+    let text: String = row.get(3)?;
+    let data: EventData = serde_json::from_str(&text).map_err(|e| conversion(3, e))?;
     Ok(Event {
         seq,
         job_id,
@@ -162,19 +157,14 @@ pub(crate) fn event_from_row(row: &Row) -> rusqlite::Result<Event> {
     })
 }
 
-/// Appends an event; the `data` column holds the event's content without its tag.
+/// Appends an event. `type` is kept in its own column for filtering.
 pub(crate) fn insert_event(
     conn: &rusqlite::Connection,
     job_id: Uuid,
     at: Time,
     data: &EventData,
 ) -> rusqlite::Result<()> {
-    let mut value = serde_json::to_value(data)
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    let body = value
-        .get_mut("data")
-        .map(|d| d.take().to_string())
-        .unwrap_or_else(|| "{}".to_owned());
+    let body = to_json(data)?;
     let mut stmt =
         conn.prepare_cached("INSERT INTO events (job_id, at, type, data) VALUES (?1, ?2, ?3, ?4)")?;
     stmt.execute(params![

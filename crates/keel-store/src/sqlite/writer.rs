@@ -127,8 +127,9 @@ pub(crate) struct Writer {
     index: Index,
     queues: HashMap<String, QueueState>,
     rng: SplitMix64,
-    ids: uuid::ContextV7,
     last_id_ms: i64,
+    /// The `rand_a` counter of the last id within `last_id_ms`.
+    id_seq: u16,
     next_retention: Time,
     /// Set when the current group made a job leasable; the signal is sent after commit.
     wake: bool,
@@ -153,8 +154,8 @@ impl Writer {
             index: Index::default(),
             queues: HashMap::new(),
             rng: SplitMix64(seed),
-            ids: uuid::ContextV7::new(),
             last_id_ms: 0,
+            id_seq: 0,
             next_retention: Time::EPOCH,
             wake: false,
             fatal: None,
@@ -214,13 +215,14 @@ impl Writer {
             .optional()?
             .flatten();
         if let Some(bytes) = last {
-            let (secs, nanos) = Uuid::from_bytes(bytes)
-                .get_timestamp()
-                .map(|t| t.to_unix())
-                .unwrap_or((0, 0));
-            self.last_id_ms = self
-                .last_id_ms
-                .max(secs as i64 * 1_000 + i64::from(nanos / 1_000_000));
+            // Continue after the newest id on disk, so ids stay ordered across restarts.
+            let mut ms = [0u8; 8];
+            ms[2..].copy_from_slice(&bytes[..6]);
+            let last_ms = u64::from_be_bytes(ms) as i64;
+            if last_ms >= self.last_id_ms {
+                self.last_id_ms = last_ms;
+                self.id_seq = u16::from_be_bytes([bytes[6], bytes[7]]) & 0x0FFF;
+            }
         }
         Ok(())
     }
@@ -481,19 +483,34 @@ impl Writer {
         Ok(config)
     }
 
+    /// A UUIDv7 that sorts after every id this writer made before: the 48-bit millisecond
+    /// never goes back, and within one millisecond the 12-bit `rand_a` field counts up (when it
+    /// runs out, the millisecond moves on by one). The remaining 62 bits are random.
     fn next_id(&mut self, now: Time) -> Uuid {
-        // Never go back in time, so ids (and newest-first listings) follow commit order.
-        self.last_id_ms = self.last_id_ms.max(now.as_millis());
-        let ms = self.last_id_ms as u64;
-        let ts =
-            uuid::Timestamp::from_unix(&self.ids, ms / 1_000, ((ms % 1_000) * 1_000_000) as u32);
-        Uuid::new_v7(ts)
+        let ms = now.as_millis();
+        if ms > self.last_id_ms {
+            self.last_id_ms = ms;
+            self.id_seq = 0;
+        } else if self.id_seq >= 0x0FFF {
+            self.last_id_ms += 1;
+            self.id_seq = 0;
+        } else {
+            self.id_seq += 1;
+        }
+        let rand_b = self.rng.next_u64();
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&(self.last_id_ms as u64).to_be_bytes()[2..]);
+        bytes[6..8].copy_from_slice(&(0x7000 | self.id_seq).to_be_bytes());
+        bytes[8..].copy_from_slice(&rand_b.to_be_bytes());
+        bytes[8] = (bytes[8] & 0x3F) | 0x80; // RFC 9562 variant
+        Uuid::from_bytes(bytes)
     }
 
     fn enqueue(&mut self, jobs: Vec<NewJob>, now: Time) -> Step<Vec<Enqueued>> {
         // Pass 1 decides every item before anything is written, so a conflict writes nothing.
         enum Plan {
-            Create(String),
+            /// With the request's fingerprint when it carries an idempotency key.
+            Create(Option<String>),
             Replay(Box<Job>),
             /// Same key and request as an earlier item of this batch.
             SameAs(usize),
@@ -501,11 +518,11 @@ impl Writer {
         let mut plans = Vec::with_capacity(jobs.len());
         let mut seen: HashMap<(&str, &str), (usize, String)> = HashMap::new();
         for (i, new) in jobs.iter().enumerate() {
-            let fingerprint = new.fingerprint();
             let Some(key) = new.idempotency_key.as_deref() else {
-                plans.push(Plan::Create(fingerprint));
+                plans.push(Plan::Create(None));
                 continue;
             };
+            let fingerprint = new.fingerprint();
             let conflict = || StoreError::IdempotencyConflict {
                 index: i,
                 queue: new.queue.clone(),
@@ -530,9 +547,9 @@ impl Writer {
                 // life); then the key is free again.
                 Some((id, _)) => match self.load(Uuid::from_bytes(id))? {
                     Some(job) => plans.push(Plan::Replay(Box::new(job))),
-                    None => plans.push(Plan::Create(fingerprint)),
+                    None => plans.push(Plan::Create(Some(fingerprint))),
                 },
-                None => plans.push(Plan::Create(fingerprint)),
+                None => plans.push(Plan::Create(Some(fingerprint))),
             }
         }
 
@@ -558,7 +575,7 @@ impl Writer {
                         job: Box::new(job.clone()),
                     };
                     self.save(None, Some(&job), std::slice::from_ref(&event), now)?;
-                    if let Some(key) = &job.idempotency_key {
+                    if let (Some(key), Some(fingerprint)) = (&job.idempotency_key, fingerprint) {
                         self.conn
                             .prepare_cached(
                                 "INSERT OR REPLACE INTO idempotency_keys (queue, key, job_id, fingerprint, expires_at) \
@@ -783,16 +800,21 @@ fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> 
     })
 }
 
-/// A small, fast generator for backoff jitter; not for secrets.
+/// A small, fast generator for jitter and the random bits of ids; not for secrets (lease tokens
+/// come from the OS).
 struct SplitMix64(u64);
 
 impl SplitMix64 {
-    fn next_f64(&mut self) -> f64 {
+    fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }

@@ -33,6 +33,7 @@ CREATE TABLE events (
     job_id BLOB    NOT NULL,
     at     INTEGER NOT NULL,
     type   TEXT    NOT NULL,
+    -- The tagged event: {"type": ..., "data": {...}}.
     data   TEXT    NOT NULL
 );
 CREATE INDEX events_job ON events (job_id, seq);
