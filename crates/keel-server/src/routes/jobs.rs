@@ -16,6 +16,14 @@ use crate::problem::ApiError;
 use crate::wire::{BatchBody, EnqueueBody, check_idempotency_key};
 
 const DEFAULT_LIMIT: i64 = 50;
+
+/// `{"jobs": [...]}` of a batch, plus `next_cursor` (possibly null) for a listing page.
+#[derive(serde::Serialize)]
+struct JobsView<'a> {
+    jobs: Vec<&'a keel_core::Job>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<Option<String>>,
+}
 const MAX_LIMIT: i64 = 500;
 
 pub(crate) async fn enqueue(
@@ -108,7 +116,14 @@ pub(crate) async fn enqueue_batch(
         jobs = jobs.len(),
         replayed = out.iter().filter(|e| e.replayed).count()
     );
-    Ok((StatusCode::CREATED, Json(json!({ "jobs": jobs }))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(JobsView {
+            jobs,
+            next_cursor: None,
+        }),
+    )
+        .into_response())
 }
 
 pub(crate) async fn get(
@@ -197,10 +212,12 @@ pub(crate) async fn list(
         return Err(ApiError::Validation(errors));
     }
     let page = st.store.list_jobs(filter).await?;
-    Ok(
-        Json(json!({ "jobs": page.jobs, "next_cursor": page.next.map(|id| id.to_string()) }))
-            .into_response(),
-    )
+    let jobs: Vec<_> = page.jobs.iter().collect();
+    Ok(Json(JobsView {
+        jobs,
+        next_cursor: Some(page.next.map(|id| id.to_string())),
+    })
+    .into_response())
 }
 
 pub(crate) async fn cancel(

@@ -69,7 +69,7 @@ pub(crate) async fn lease(
         tracing::info!(message = "Job leased.", job_id = %l.job.id, queue = %l.job.queue, kind = %l.job.kind, attempt = l.job.attempt);
     }
     let jobs: Vec<LeasedJobView> = leased.into_iter().map(Into::into).collect();
-    Ok(Json(json!({ "jobs": jobs })).into_response())
+    Ok(Json(LeaseResponse { jobs }).into_response())
 }
 
 pub(crate) async fn heartbeat(
@@ -248,16 +248,47 @@ pub(crate) async fn ack(
     }
     let ids: Vec<_> = outcomes.iter().map(|o| o.id).collect();
     let results = st.store.record_outcomes(outcomes, st.clock.now()).await?;
-    let items: Vec<_> = ids
+    let items: Vec<AckItemResult> = ids
         .into_iter()
         .zip(results)
         .map(|(id, r)| match r {
-            Ok(job) => json!({ "id": id, "status": 200, "job": job }),
+            Ok(job) => AckItemResult {
+                id,
+                status: 200,
+                job: Some(job),
+                error: None,
+            },
             Err(e) => {
                 let e = ApiError::from(e);
-                json!({ "id": id, "status": e.status().as_u16(), "job": null, "error": e.slug_and_detail() })
+                AckItemResult {
+                    id,
+                    status: e.status().as_u16(),
+                    job: None,
+                    error: Some(e.slug_and_detail()),
+                }
             }
         })
         .collect();
-    Ok(Json(json!({ "items": items })).into_response())
+    Ok(Json(AckResponse { items }).into_response())
+}
+
+// Typed response shapes: serialising jobs straight to the body, not through a `Value` tree.
+
+#[derive(serde::Serialize)]
+struct LeaseResponse {
+    jobs: Vec<LeasedJobView>,
+}
+
+#[derive(serde::Serialize)]
+struct AckItemResult {
+    id: uuid::Uuid,
+    status: u16,
+    job: Option<keel_core::Job>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(serde::Serialize)]
+struct AckResponse {
+    items: Vec<AckItemResult>,
 }

@@ -33,7 +33,7 @@ pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
          PRAGMA synchronous=FULL;
          PRAGMA foreign_keys=OFF;
          PRAGMA busy_timeout=5000;
-         PRAGMA cache_size=-65536;
+         PRAGMA cache_size=-8192;
          PRAGMA temp_store=MEMORY;",
     )
 }
