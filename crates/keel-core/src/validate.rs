@@ -77,22 +77,43 @@ pub fn check_range(errors: &mut Vec<FieldError>, pointer: &str, value: i64, lo: 
     }
 }
 
-/// The deepest nesting of arrays and objects in a JSON text (0 for a scalar). Strings are
-/// skipped, so brackets inside them do not count. Linear, no allocation, safe on any input.
-pub fn json_depth(text: &[u8]) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &b in text {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
+/// Tracks whether a byte of JSON text lies inside a string, so scanners can treat the bytes
+/// outside strings as structure. Linear, no allocation.
+#[derive(Default)]
+struct StringTracker {
+    in_string: bool,
+    escaped: bool,
+}
+
+impl StringTracker {
+    /// Feeds one byte; true when it is outside any string and is not a quote.
+    fn structural(&mut self, b: u8) -> bool {
+        if self.in_string {
+            match (self.escaped, b) {
+                (true, _) => self.escaped = false,
+                (false, b'\\') => self.escaped = true,
+                (false, b'"') => self.in_string = false,
                 _ => {}
             }
+            false
+        } else if b == b'"' {
+            self.in_string = true;
+            false
+        } else {
+            true
+        }
+    }
+}
+
+/// The deepest nesting of arrays and objects in a JSON text (0 for a scalar). Strings are
+/// skipped, so brackets inside them do not count. Safe on any input.
+pub fn json_depth(text: &[u8]) -> usize {
+    let (mut strings, mut depth, mut deepest) = (StringTracker::default(), 0usize, 0usize);
+    for &b in text {
+        if !strings.structural(b) {
             continue;
         }
         match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 deepest = deepest.max(depth);
@@ -107,20 +128,10 @@ pub fn json_depth(text: &[u8]) -> usize {
 /// Removes insignificant whitespace from valid JSON text, keeping key order and string contents
 /// byte for byte. Borrows when there is nothing to remove (the common case).
 pub fn compact_json(text: &str) -> std::borrow::Cow<'_, str> {
-    let (mut in_string, mut escaped) = (false, false);
-    let is_ws = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let mut strings = StringTracker::default();
     let mut out: Option<Vec<u8>> = None;
     for (i, &b) in text.as_bytes().iter().enumerate() {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-        } else if b == b'"' {
-            in_string = true;
-        } else if is_ws(b) {
+        if strings.structural(b) && matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
             out.get_or_insert_with(|| text.as_bytes()[..i].to_vec());
             continue;
         }
@@ -129,7 +140,7 @@ pub fn compact_json(text: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     match out {
-        // Only ASCII whitespace was removed between tokens, so the bytes stay valid UTF-8.
+        // Only ASCII whitespace between tokens was removed, so the bytes stay valid UTF-8.
         Some(bytes) => std::borrow::Cow::Owned(
             String::from_utf8(bytes)
                 .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),

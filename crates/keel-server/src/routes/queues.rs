@@ -19,6 +19,14 @@ fn no_queue(name: &str) -> ApiError {
     ApiError::NotFound(format!("no queue is named {name:?}"))
 }
 
+/// Maps a store error of an operation on queue `name`: "not found" names the queue.
+fn queue_error(name: &str) -> impl Fn(keel_store::StoreError) -> ApiError + '_ {
+    move |e| match e {
+        keel_store::StoreError::NotFound => no_queue(name),
+        other => other.into(),
+    }
+}
+
 /// A queue name from the path; a name that breaks the rules cannot exist.
 fn existing_name(name: &str) -> Result<&str, ApiError> {
     check_name(name).map(|()| name).map_err(|_| no_queue(name))
@@ -76,10 +84,7 @@ async fn set_paused(st: AppState, name: String, paused: bool) -> Result<Response
         .store
         .set_paused(name, paused, st.clock.now())
         .await
-        .map_err(|e| match e {
-            keel_store::StoreError::NotFound => no_queue(name),
-            other => other.into(),
-        })?;
+        .map_err(queue_error(name))?;
     tracing::info!(message = if paused { "Queue paused." } else { "Queue resumed." }, queue = %name);
     Ok(Json(QueueView::from(q)).into_response())
 }
@@ -131,10 +136,7 @@ pub(crate) async fn replay(
         .store
         .replay(name, filter, st.clock.now())
         .await
-        .map_err(|e| match e {
-            keel_store::StoreError::NotFound => no_queue(name),
-            other => other.into(),
-        })?;
+        .map_err(queue_error(name))?;
     tracing::info!(message = "Queue replayed.", queue = %name, replayed = n);
     Ok(Json(json!({ "replayed": n })).into_response())
 }
@@ -157,10 +159,7 @@ pub(crate) async fn purge(
         .store
         .purge(name, state, st.clock.now())
         .await
-        .map_err(|e| match e {
-            keel_store::StoreError::NotFound => no_queue(name),
-            other => other.into(),
-        })?;
+        .map_err(queue_error(name))?;
     tracing::info!(message = "Queue purged.", queue = %name, state = %state, purged = n);
     Ok(Json(json!({ "purged": n })).into_response())
 }
