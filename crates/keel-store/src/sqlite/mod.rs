@@ -52,6 +52,9 @@ impl SqliteConfig {
 }
 
 pub struct SqliteStore {
+    /// An exclusive OS lock on `<data-dir>/keel.lock`, held until `close`: the writer's
+    /// in-memory index assumes it is the data dir's only writer.
+    dir_lock: Mutex<Option<std::fs::File>>,
     requests: mpsc::Sender<Request>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Arc<ReadPool>,
@@ -70,6 +73,7 @@ impl SqliteStore {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", config.data_dir.display()))
         })?;
+        let dir_lock = lock_data_dir(&config.data_dir)?;
         let path = config.db_path();
         let mut conn = Connection::open(&path).map_err(StoreError::sqlite)?;
         schema::configure(&conn).map_err(StoreError::sqlite)?;
@@ -90,6 +94,7 @@ impl SqliteStore {
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
+            dir_lock: Mutex::new(Some(dir_lock)),
             requests,
             writer: Mutex::new(Some(handle)),
             readers: Arc::new(ReadPool {
@@ -438,7 +443,32 @@ impl Store for SqliteStore {
                 .map_err(|e| StoreError::Internal(e.to_string()))?
                 .map_err(|_| StoreError::Internal("the writer thread panicked".into()))?;
         }
+        // The file is written and the writer gone: another store may open the data dir now.
+        if let Ok(mut lock) = self.dir_lock.lock() {
+            lock.take();
+        }
         Ok(())
+    }
+}
+
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = dir.join("keel.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
+            "another keel process is using {}; one data dir serves one process",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
     }
 }
 
