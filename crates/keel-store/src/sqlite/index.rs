@@ -126,23 +126,30 @@ impl Index {
     }
 
     /// Scheduled jobs due at `now`, earliest first, at most `limit`.
-    pub fn due_scheduled(&self, now: Time, limit: usize) -> Vec<Uuid> {
+    pub fn due_scheduled(&self, now: Time, limit: usize) -> Vec<(Time, Uuid)> {
         self.scheduled
             .iter()
             .take_while(|(at, _)| *at <= now)
             .take(limit)
-            .map(|(_, id)| *id)
+            .copied()
             .collect()
     }
 
     /// Running jobs whose lease has expired at `now`, at most `limit`.
-    pub fn expired_leases(&self, now: Time, limit: usize) -> Vec<Uuid> {
+    pub fn expired_leases(&self, now: Time, limit: usize) -> Vec<(Time, Uuid)> {
         self.leases
             .iter()
             .take_while(|(at, _)| *at <= now)
             .take(limit)
-            .map(|(_, id)| *id)
+            .copied()
             .collect()
+    }
+
+    /// Drops timer entries the state machine refused (the job is not in the state the index
+    /// says), so a stale entry cannot stay due forever and keep the timer loop spinning.
+    pub fn forget_timer(&mut self, entry: (Time, Uuid)) {
+        self.scheduled.remove(&entry);
+        self.leases.remove(&entry);
     }
 
     /// The earliest time something becomes due.
@@ -196,5 +203,16 @@ mod tests {
             );
         }
         assert_eq!(order, vec![4, 2, 3, 1]);
+    }
+
+    #[test]
+    fn a_forgotten_timer_entry_is_no_longer_due() {
+        let mut ix = Index::default();
+        ix.update(None, Some(entry(1, "q", State::Scheduled, 0, 10)));
+        let due = ix.due_scheduled(Time::from_millis(10), 10);
+        assert_eq!(due.len(), 1);
+        ix.forget_timer(due[0]);
+        assert!(ix.due_scheduled(Time::from_millis(10), 10).is_empty());
+        assert_eq!(ix.next_due(), None);
     }
 }

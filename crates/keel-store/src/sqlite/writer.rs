@@ -638,18 +638,28 @@ impl Writer {
     }
 
     fn promote_due(&mut self, now: Time) -> Result<(), Fatal> {
-        for id in self.index.due_scheduled(now, TIMER_BATCH) {
-            // A refusal here means the index is stale for this job; the write below fixes it.
-            let _ = self.apply(id, &Command::Promote, now)?;
+        for entry in self.index.due_scheduled(now, TIMER_BATCH) {
+            self.run_timer(entry, &Command::Promote, now)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a timer's command to a due job. A refusal means the index was out of step with
+    /// the row (which the invariant rules out); the entry is dropped and logged rather than left
+    /// due forever.
+    fn run_timer(&mut self, entry: (Time, Uuid), cmd: &Command, now: Time) -> Result<(), Fatal> {
+        if let Err(e) = self.apply(entry.1, cmd, now)? {
+            tracing::error!(message = "Timer entry did not match its job; dropped.", job_id = %entry.1, error = %e);
+            self.index.forget_timer(entry);
         }
         Ok(())
     }
 
     fn tick(&mut self, now: Time) -> Step<Tick> {
         self.promote_due(now)?;
-        for id in self.index.expired_leases(now, TIMER_BATCH) {
+        for entry in self.index.expired_leases(now, TIMER_BATCH) {
             let jitter = self.rng.next_f64();
-            let _ = self.apply(id, &Command::ExpireLease { jitter }, now)?;
+            self.run_timer(entry, &Command::ExpireLease { jitter }, now)?;
         }
         if now >= self.next_retention {
             let more = self.retention(now)?;
