@@ -59,6 +59,14 @@ impl Keel {
     }
 }
 
+/// A failing test must not leave a server behind (it would hold the test's pipes open).
+impl Drop for Keel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 async fn post(
     http: &reqwest::Client,
     url: String,
@@ -189,8 +197,43 @@ async fn kill_9_under_load_loses_no_acknowledged_job() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let before: Value = http
+        .get(format!("{base}/v1/queues/crash"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let status = keel.terminate();
     assert!(status.success(), "SIGTERM exits 0, got {status}");
+
+    // A graceful stop and start serves the same state.
+    let keel = Keel::start(dir.path());
+    let after: Value = http
+        .get(format!("{}/v1/queues/crash", keel.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Time passes between the two reads, so a retry may have become due (scheduled → available).
+    let waiting = |q: &Value| {
+        q["counts"]["scheduled"].as_i64().unwrap() + q["counts"]["available"].as_i64().unwrap()
+    };
+    for state in ["completed", "running", "dead", "cancelled"] {
+        assert_eq!(
+            after["counts"][state], before["counts"][state],
+            "{state} changed across a graceful restart"
+        );
+    }
+    assert_eq!(
+        waiting(&after),
+        waiting(&before),
+        "waiting jobs changed across a graceful restart"
+    );
+    assert!(keel.terminate().success());
 
     // Offline check of the data dir: the jobs table equals the fold of the events.
     let store = keel_store::SqliteStore::open(
