@@ -4,68 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-struct Keel {
-    child: Child,
-    base: String,
-}
-
-impl Keel {
-    /// Starts `keel serve` on an ephemeral port (data dir via KEEL_DATA_DIR) and waits until it
-    /// logs its address. Its logs are drained in the background so the pipe never fills.
-    fn start(data_dir: &Path) -> Keel {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("KEEL_DATA_DIR", data_dir)
-            .env("RUST_LOG", "warn,keel=info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines.next().expect("keel exited before serving").unwrap();
-            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if v["message"] == "keel is serving." {
-                break v["addr"].as_str().unwrap().to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Keel {
-            child,
-            base: format!("http://{addr}"),
-        }
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        self.child.wait().unwrap()
-    }
-}
-
-/// A failing test must not leave a server behind (it would hold the test's pipes open).
-impl Drop for Keel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::Keel;
 
 async fn post(
     http: &reqwest::Client,

@@ -1,0 +1,71 @@
+//! Runs the real `keel` binary as a child process for tests.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+pub struct Keel {
+    pub child: Child,
+    pub base: String,
+    pub addr: String,
+}
+
+impl Keel {
+    /// Starts `keel serve` on an ephemeral port (data dir via KEEL_DATA_DIR) and waits until it
+    /// logs its address. Its logs are drained in the background so the pipe never fills.
+    pub fn start(data_dir: &Path) -> Keel {
+        Keel::start_on(data_dir, "127.0.0.1:0")
+    }
+
+    /// Starts on a given address (to come back on the same port after a crash).
+    pub fn start_on(data_dir: &Path, listen: &str) -> Keel {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["serve", "--listen", listen])
+            .env("KEEL_DATA_DIR", data_dir)
+            .env("RUST_LOG", "warn,keel=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("keel exited before serving").unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if v["message"] == "keel is serving." {
+                break v["addr"].as_str().unwrap().to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Keel {
+            child,
+            base: format!("http://{addr}"),
+            addr,
+        }
+    }
+
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap()
+    }
+}
+
+/// A failing test must not leave a server behind (it would hold the test's pipes open).
+impl Drop for Keel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
