@@ -9,10 +9,14 @@ use uuid::Uuid;
 
 use crate::Error;
 
-/// `POST /v1/jobs` (and one item of a batch). Build with [`EnqueueRequest::new`].
-#[derive(Clone, Debug, Serialize)]
+/// `POST /v1/jobs` (and one item of a batch). Build with [`EnqueueRequest::new`]; it also
+/// reads from JSON with the API's field names (empty `queue`/`kind` when absent).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EnqueueRequest {
+    #[serde(default)]
     pub queue: String,
+    #[serde(default)]
     pub kind: String,
     pub payload: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -29,7 +33,7 @@ pub struct EnqueueRequest {
     pub backoff: Option<Backoff>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
 }
 

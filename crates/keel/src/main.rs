@@ -1,22 +1,37 @@
-//! `keel`: the command line. `keel serve` runs the server on embedded SQLite storage.
+//! `keel`: the server (`keel serve`) and its command line client.
+
+mod commands;
+mod render;
+mod serve;
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::process::ExitCode;
 
-use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
-use keel_server::{Clock, ServerConfig, SystemClock};
-use keel_store::{SqliteConfig, SqliteStore};
-use tokio::net::TcpListener;
+use clap::{CommandFactory, Parser, Subcommand};
+use keel_client::{Backoff, Client, JobFilter, QueuePatch, State, Time};
+use serde_json::Value;
+
+use crate::commands::{Ctx, EnqueueArgs, parse_id, parse_json, parse_state};
+use crate::render::{Style, exit};
+
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 the server refused the request; 2 usage error; \
+3 server unreachable or failing; 4 job or queue not found.";
 
 #[derive(Parser)]
-#[command(name = "keel", version, about = "A durable background-job server.")]
+#[command(name = "keel", version, about = "A durable background-job server and its command line.", after_help = EXIT_CODES)]
 struct Cli {
-    /// Log format: `json` (default when stdout is not a terminal) or `pretty`.
+    /// Log format of `keel serve`: `json` (default when stdout is not a terminal) or `pretty`.
     #[arg(long, env = "KEEL_LOG_FORMAT", global = true)]
     log_format: Option<LogFormat>,
+    /// Server URL for client commands.
+    #[arg(long, env = "KEEL_URL", global = true, default_value = keel_client::DEFAULT_URL)]
+    url: String,
+    /// API token for client commands.
+    #[arg(long, env = "KEEL_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,33 +45,413 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server on embedded SQLite storage.
-    ///
-    /// Example: keel serve --listen 127.0.0.1:8470 --data-dir ./keel-data
-    Serve(ServeArgs),
+    Serve(serve::ServeArgs),
+    /// Enqueue a job, or many from JSON lines on stdin.
+    #[command(
+        after_help = "Examples:\n  keel enqueue emails email.welcome '{\"to\": \"ada@example.com\"}'\n  keel enqueue emails email.welcome '{\"to\": \"ada@example.com\"}' --idempotency-key signup-42 --delay-ms 60000\n  cat jobs.jsonl | keel enqueue --stdin            # one enqueue body per line\n  cat payloads.jsonl | keel enqueue --stdin emails email.welcome   # fills queue and kind"
+    )]
+    Enqueue {
+        /// Queue name (with --stdin: for lines that have none).
+        queue: Option<String>,
+        /// Job kind (with --stdin: for lines that have none).
+        kind: Option<String>,
+        /// JSON payload (default `{}`).
+        #[arg(value_parser = parse_json)]
+        payload: Option<Value>,
+        /// Read enqueue bodies as JSON lines from stdin and send them in batches of 1,000.
+        #[arg(long)]
+        stdin: bool,
+        #[arg(long, allow_hyphen_values = true)]
+        priority: Option<i32>,
+        #[arg(long, conflicts_with = "run_at")]
+        delay_ms: Option<u64>,
+        /// RFC 3339 time, e.g. 2026-11-23T06:00:00Z.
+        #[arg(long, value_parser = parse_time)]
+        run_at: Option<Time>,
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Repeatable.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// Inspect and act on jobs.
+    #[command(subcommand)]
+    Jobs(JobsCmd),
+    /// Inspect and configure queues.
+    #[command(subcommand)]
+    Queues(QueuesCmd),
+    /// Dead-letter shortcuts.
+    #[command(subcommand)]
+    Dead(DeadCmd),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  keel completions bash > /etc/bash_completion.d/keel\n  keel completions zsh > \"${fpath[1]}/_keel\""
+    )]
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(clap::Args)]
-struct ServeArgs {
-    /// Address to listen on. Until token auth exists, only loopback addresses are accepted.
-    #[arg(long, env = "KEEL_LISTEN", default_value = "127.0.0.1:8470")]
-    listen: SocketAddr,
-    /// Directory holding the database (created if missing).
-    #[arg(long, env = "KEEL_DATA_DIR", default_value = "./keel-data")]
-    data_dir: PathBuf,
-    /// Seconds in-flight requests get to finish after SIGTERM.
-    #[arg(long, env = "KEEL_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
-    shutdown_grace_secs: u64,
+struct ListArgs {
+    #[arg(long)]
+    queue: Option<String>,
+    #[arg(long, value_parser = parse_state)]
+    state: Option<State>,
+    #[arg(long)]
+    kind: Option<String>,
+    #[arg(long)]
+    tag: Option<String>,
+    /// Jobs per page (1-500).
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    /// Follow every page.
+    #[arg(long)]
+    all: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Subcommand)]
+enum JobsCmd {
+    /// List jobs, newest first.
+    #[command(
+        after_help = "Examples:\n  keel jobs ls --queue emails --state dead\n  keel jobs ls --tag tenant:7 --all --json"
+    )]
+    Ls(ListArgs),
+    /// Show one job with its payload and result.
+    #[command(after_help = "Example:\n  keel jobs show 0193a3b2-7c1e-7d40-9a51-8f2f6c1f0b2e")]
+    Show {
+        #[arg(value_parser = parse_id)]
+        id: uuid::Uuid,
+    },
+    /// A job's history, oldest first.
+    #[command(after_help = "Example:\n  keel jobs events 0193a3b2-7c1e-7d40-9a51-8f2f6c1f0b2e")]
+    Events {
+        #[arg(value_parser = parse_id)]
+        id: uuid::Uuid,
+    },
+    /// Cancel a job that is not finished (a running job's lease is revoked).
+    #[command(after_help = "Example:\n  keel jobs cancel 0193a3b2-7c1e-7d40-9a51-8f2f6c1f0b2e")]
+    Cancel {
+        #[arg(value_parser = parse_id)]
+        id: uuid::Uuid,
+    },
+    /// Retry a dead or cancelled job with a fresh attempt budget.
+    #[command(after_help = "Example:\n  keel jobs retry 0193a3b2-7c1e-7d40-9a51-8f2f6c1f0b2e")]
+    Retry {
+        #[arg(value_parser = parse_id)]
+        id: uuid::Uuid,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueuesCmd {
+    /// List queues with their job counts.
+    #[command(after_help = "Example:\n  keel queues ls")]
+    Ls,
+    /// Show a queue's settings and counts.
+    #[command(after_help = "Example:\n  keel queues show emails")]
+    Show { name: String },
+    /// Change a queue's settings; `default` puts a setting back to the server default.
+    #[command(
+        after_help = "Examples:\n  keel queues set emails --concurrency 5 --max-attempts 10\n  keel queues set emails --concurrency default\n  keel queues set emails --backoff 1000:60000:0.25"
+    )]
+    Set {
+        name: String,
+        /// Most running jobs at once, or `default` (unlimited).
+        #[arg(long)]
+        concurrency: Option<Setting<u32>>,
+        #[arg(long)]
+        max_attempts: Option<Setting<u32>>,
+        #[arg(long)]
+        timeout_ms: Option<Setting<u64>>,
+        /// INITIAL_MS:MAX_MS[:JITTER], or `default`.
+        #[arg(long)]
+        backoff: Option<Setting<BackoffArg>>,
+        /// COMPLETED_MS:DEAD_MS, or `default`.
+        #[arg(long)]
+        retention: Option<Setting<RetentionArg>>,
+    },
+    /// Stop handing out the queue's jobs.
+    #[command(after_help = "Example:\n  keel queues pause emails")]
+    Pause { name: String },
+    /// Hand out the queue's jobs again.
+    #[command(after_help = "Example:\n  keel queues resume emails")]
+    Resume { name: String },
+    /// Put dead (or cancelled) jobs back to available with a fresh attempt budget.
+    #[command(
+        after_help = "Examples:\n  keel queues replay emails\n  keel queues replay emails --state cancelled --kind email.welcome --limit 100"
+    )]
+    Replay {
+        name: String,
+        #[arg(long, default_value = "dead", value_parser = parse_state)]
+        state: State,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Delete a queue's jobs in one state (asks to confirm unless --yes).
+    #[command(
+        after_help = "Examples:\n  keel queues purge emails --state completed\n  keel queues purge emails --state dead --yes"
+    )]
+    Purge {
+        name: String,
+        #[arg(long, value_parser = parse_state)]
+        state: State,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadCmd {
+    /// List dead jobs (all queues, or one).
+    #[command(after_help = "Examples:\n  keel dead ls\n  keel dead ls --queue emails --all")]
+    Ls {
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Replay a queue's dead jobs.
+    #[command(after_help = "Example:\n  keel dead replay emails --kind email.welcome")]
+    Replay {
+        queue: String,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+}
+
+/// A queue setting on the command line: a value, or `default`.
+#[derive(Clone)]
+enum Setting<T> {
+    Value(T),
+    Default,
+}
+
+impl<T: std::str::FromStr> std::str::FromStr for Setting<T>
+where
+    T::Err: std::fmt::Display,
+{
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "default" {
+            Ok(Setting::Default)
+        } else {
+            s.parse::<T>()
+                .map(Setting::Value)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+impl<T> Setting<T> {
+    fn into_patch<U>(self, f: impl FnOnce(T) -> U) -> Option<U> {
+        match self {
+            Setting::Value(v) => Some(f(v)),
+            Setting::Default => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct BackoffArg(Backoff);
+
+impl std::str::FromStr for BackoffArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let num = |t: &str| {
+            t.parse::<i64>()
+                .map_err(|_| format!("{t:?} is not a number of milliseconds"))
+        };
+        match parts.as_slice() {
+            [i, m] => Ok(BackoffArg(Backoff {
+                initial_ms: num(i)?,
+                max_ms: num(m)?,
+                jitter: Backoff::default().jitter,
+            })),
+            [i, m, j] => Ok(BackoffArg(Backoff {
+                initial_ms: num(i)?,
+                max_ms: num(m)?,
+                jitter: j
+                    .parse()
+                    .map_err(|_| format!("{j:?} is not a jitter between 0 and 1"))?,
+            })),
+            _ => Err("expected INITIAL_MS:MAX_MS[:JITTER]".into()),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct RetentionArg(keel_core::Retention);
+
+impl std::str::FromStr for RetentionArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (c, d) = s.split_once(':').ok_or("expected COMPLETED_MS:DEAD_MS")?;
+        let num = |t: &str| {
+            t.parse::<i64>()
+                .map_err(|_| format!("{t:?} is not a number of milliseconds"))
+        };
+        Ok(RetentionArg(keel_core::Retention {
+            completed_ms: num(c)?,
+            dead_ms: num(d)?,
+        }))
+    }
+}
+
+fn parse_time(text: &str) -> Result<Time, String> {
+    Time::parse_rfc3339(text)
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the runtime")?;
-    match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keel: cannot start the runtime: {e}");
+            return ExitCode::from(exit::UNAVAILABLE);
+        }
+    };
+    let code = match cli.command {
+        Command::Serve(args) => {
+            init_logs(cli.log_format);
+            match runtime.block_on(serve::serve(args)) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("keel: {e:#}");
+                    1
+                }
+            }
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "keel", &mut std::io::stdout());
+            exit::OK
+        }
+        command => {
+            let client = Client::builder(&cli.url).retry(commands::retry_policy());
+            let client = match cli.token {
+                Some(t) => client.token(t),
+                None => client,
+            };
+            match client.build() {
+                Err(e) => render::report(&e),
+                Ok(client) => {
+                    let ctx = Ctx {
+                        client,
+                        json: cli.json,
+                        style: Style::detect(),
+                    };
+                    match runtime.block_on(run(&ctx, command)) {
+                        Ok(code) => code,
+                        Err(e) => render::report(&e),
+                    }
+                }
+            }
+        }
+    };
+    ExitCode::from(code)
+}
+
+async fn run(ctx: &Ctx, command: Command) -> commands::Outcome {
+    match command {
+        Command::Serve(_) | Command::Completions { .. } => Ok(exit::OK),
+        Command::Enqueue {
+            queue,
+            kind,
+            payload,
+            stdin,
+            priority,
+            delay_ms,
+            run_at,
+            max_attempts,
+            idempotency_key,
+            tags,
+        } => {
+            let args = EnqueueArgs {
+                queue,
+                kind,
+                payload,
+                stdin,
+                priority,
+                delay_ms,
+                run_at,
+                max_attempts,
+                idempotency_key,
+                tags,
+            };
+            commands::enqueue(ctx, args).await
+        }
+        Command::Jobs(JobsCmd::Ls(a)) => {
+            let filter = JobFilter {
+                queue: a.queue,
+                state: a.state,
+                kind: a.kind,
+                tag: a.tag,
+                limit: Some(a.limit),
+                cursor: None,
+            };
+            commands::jobs_ls(ctx, filter, a.all).await
+        }
+        Command::Jobs(JobsCmd::Show { id }) => commands::jobs_show(ctx, id).await,
+        Command::Jobs(JobsCmd::Events { id }) => commands::jobs_events(ctx, id).await,
+        Command::Jobs(JobsCmd::Cancel { id }) => commands::jobs_action(ctx, id, true).await,
+        Command::Jobs(JobsCmd::Retry { id }) => commands::jobs_action(ctx, id, false).await,
+        Command::Queues(QueuesCmd::Ls) => commands::queues_ls(ctx).await,
+        Command::Queues(QueuesCmd::Show { name }) => commands::queues_show(ctx, &name).await,
+        Command::Queues(QueuesCmd::Set {
+            name,
+            concurrency,
+            max_attempts,
+            timeout_ms,
+            backoff,
+            retention,
+        }) => {
+            let patch = QueuePatch {
+                concurrency: concurrency.map(|s| s.into_patch(|v| v)),
+                max_attempts: max_attempts.map(|s| s.into_patch(|v| v)),
+                timeout_ms: timeout_ms.map(|s| s.into_patch(|v| v)),
+                backoff: backoff.map(|s| s.into_patch(|b| b.0)),
+                retention: retention.map(|s| s.into_patch(|r| r.0)),
+            };
+            commands::queues_set(ctx, &name, patch).await
+        }
+        Command::Queues(QueuesCmd::Pause { name }) => {
+            commands::queues_pause(ctx, &name, true).await
+        }
+        Command::Queues(QueuesCmd::Resume { name }) => {
+            commands::queues_pause(ctx, &name, false).await
+        }
+        Command::Queues(QueuesCmd::Replay {
+            name,
+            state,
+            kind,
+            limit,
+        }) => commands::queues_replay(ctx, &name, state, kind.as_deref(), limit).await,
+        Command::Queues(QueuesCmd::Purge { name, state, yes }) => {
+            commands::queues_purge(ctx, &name, state, yes).await
+        }
+        Command::Dead(DeadCmd::Ls { queue, limit, all }) => {
+            let filter = JobFilter {
+                queue,
+                state: Some(State::Dead),
+                limit: Some(limit),
+                ..Default::default()
+            };
+            commands::jobs_ls(ctx, filter, all).await
+        }
+        Command::Dead(DeadCmd::Replay { queue, kind, limit }) => {
+            commands::queues_replay(ctx, &queue, State::Dead, kind.as_deref(), limit).await
+        }
     }
 }
 
@@ -78,58 +473,5 @@ fn init_logs(format: Option<LogFormat>) {
             .init();
     } else {
         builder.init();
-    }
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() {
-        bail!(
-            "--listen {} (KEEL_LISTEN) is not a loopback address; keel has no token auth yet, so it only \
-             listens on loopback (for example 127.0.0.1:8470)",
-            args.listen
-        );
-    }
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store =
-        SqliteStore::open(SqliteConfig::new(&args.data_dir), clock.now()).with_context(|| {
-            format!(
-                "opening the store in --data-dir {} (KEEL_DATA_DIR)",
-                args.data_dir.display()
-            )
-        })?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding --listen {} (KEEL_LISTEN)", args.listen))?;
-    let addr = listener.local_addr().context("reading the bound address")?;
-    tracing::info!(message = "keel is serving.", %addr, data_dir = %args.data_dir.display());
-    let config = ServerConfig {
-        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
-        ..Default::default()
-    };
-    keel_server::serve(listener, Arc::new(store), clock, config, shutdown_signal())
-        .await
-        .context("serving")?;
-    Ok(())
-}
-
-/// Resolves on SIGTERM or ctrl-c.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }

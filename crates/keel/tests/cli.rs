@@ -1,0 +1,254 @@
+//! The command line against a real server: output, `--json`, and exit codes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+mod common;
+use common::Keel;
+
+fn keel(url: &str, args: &[&str]) -> Output {
+    keel_stdin(url, args, "")
+}
+
+fn keel_stdin(url: &str, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .env("KEEL_URL", url)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap()
+}
+
+#[test]
+fn enqueue_inspect_and_act_on_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Keel::start(dir.path());
+    let url = server.base.as_str();
+
+    let out = keel(
+        url,
+        &[
+            "enqueue",
+            "emails",
+            "email.welcome",
+            r#"{"to":"ada@example.com"}"#,
+            "--idempotency-key",
+            "s-1",
+            "--tag",
+            "tenant:7",
+            "--json",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    let job: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(job["tags"], serde_json::json!(["tenant:7"]));
+
+    let out = keel(
+        url,
+        &[
+            "enqueue",
+            "emails",
+            "email.welcome",
+            r#"{"to":"ada@example.com"}"#,
+            "--idempotency-key",
+            "s-1",
+            "--tag",
+            "tenant:7",
+        ],
+    );
+    assert!(
+        text(&out).0.contains("already enqueued"),
+        "{:?}",
+        text(&out)
+    );
+
+    let (stdout, _) = text(&keel(url, &["jobs", "ls", "--queue", "emails"]));
+    let header = stdout.lines().next().unwrap();
+    assert!(
+        header.starts_with("ID") && header.contains("STATE") && header.contains("LAST ERROR"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&id) && stdout.contains("available"));
+    // Columns are aligned: STATE starts at the same offset in the header and the row.
+    let row = stdout.lines().nth(1).unwrap();
+    assert_eq!(header.find("STATE"), row.find("available"));
+
+    let (stdout, _) = text(&keel(url, &["jobs", "show", &id]));
+    assert!(
+        stdout.contains("email.welcome") && stdout.contains("\"to\": \"ada@example.com\""),
+        "{stdout}"
+    );
+    let (stdout, _) = text(&keel(url, &["jobs", "events", &id]));
+    assert!(stdout.contains("enqueued"), "{stdout}");
+
+    let out = keel(url, &["jobs", "cancel", &id]);
+    assert_eq!(
+        (code(&out), text(&out).0.trim().to_owned()),
+        (0, format!("cancelled {id} (cancelled)"))
+    );
+    let out = keel(url, &["jobs", "cancel", &id]);
+    assert_eq!(code(&out), 1, "a refused request exits 1");
+    assert!(
+        text(&out)
+            .1
+            .starts_with("keel: Invalid state (409): cannot cancel"),
+        "{:?}",
+        text(&out)
+    );
+    let out = keel(url, &["jobs", "retry", &id]);
+    assert_eq!(code(&out), 0);
+
+    let out = keel(url, &["queues", "ls", "--json"]);
+    let queues: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(queues[0]["counts"]["available"], 1);
+}
+
+#[test]
+fn stdin_enqueue_uses_the_batch_api_and_names_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Keel::start(dir.path());
+    let url = server.base.as_str();
+    let lines: String = (0..2_500)
+        .map(|i| format!("{{\"payload\":{{\"n\":{i}}}}}\n"))
+        .collect();
+    let out = keel_stdin(url, &["enqueue", "--stdin", "bulk", "bulk.item"], &lines);
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    assert_eq!(text(&out).0.trim(), "enqueued 2500 jobs");
+    let out = keel(url, &["queues", "show", "bulk", "--json"]);
+    let q: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(q["counts"]["available"], 2500);
+
+    let out = keel_stdin(
+        url,
+        &["enqueue", "--stdin", "bulk", "bulk.item"],
+        "{\"payload\":1}\n{\"payload\":2,\"priority\":5000}\n",
+    );
+    assert_eq!(code(&out), 1);
+    assert!(
+        text(&out).1.contains("line 2: /priority"),
+        "{:?}",
+        text(&out)
+    );
+    let out = keel_stdin(url, &["enqueue", "--stdin"], "not json\n");
+    assert_eq!(code(&out), 2);
+    assert!(text(&out).1.contains("line 1"), "{:?}", text(&out));
+}
+
+#[test]
+fn exit_codes_say_what_went_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Keel::start(dir.path());
+    let url = server.base.as_str();
+
+    let out = keel("http://127.0.0.1:1", &["queues", "ls"]);
+    assert_eq!(code(&out), 3, "unreachable server");
+    assert!(
+        text(&out).1.contains("cannot reach http://127.0.0.1:1")
+            && text(&out).1.contains("refused"),
+        "{:?}",
+        text(&out)
+    );
+
+    let out = keel(url, &["jobs", "show", &uuid::Uuid::now_v7().to_string()]);
+    assert_eq!(code(&out), 4, "not found");
+    let out = keel(url, &["queues", "show", "nope"]);
+    assert_eq!(code(&out), 4);
+
+    let out = keel(url, &["enqueue", "bad queue", "k"]);
+    assert_eq!(code(&out), 1);
+    assert_eq!(
+        text(&out).1.trim(),
+        "keel: Validation failed (422): /queue: contains ' '; allowed are A-Z a-z 0-9 . _ : -"
+    );
+
+    let out = keel(url, &["jobs", "show", "not-an-id"]);
+    assert_eq!(code(&out), 2, "usage error");
+    let out = keel("localhost:8470", &["queues", "ls"]);
+    assert_eq!(code(&out), 2, "a URL without a scheme is a usage error");
+
+    keel(url, &["enqueue", "q", "k"]);
+    let out = keel(url, &["queues", "purge", "q", "--state", "available"]);
+    assert_eq!(code(&out), 2, "purge without a terminal needs --yes");
+    assert!(
+        text(&out).1.contains("deletes 1 available jobs"),
+        "{:?}",
+        text(&out)
+    );
+    let out = keel(
+        url,
+        &["queues", "purge", "q", "--state", "available", "--yes"],
+    );
+    assert_eq!(
+        (code(&out), text(&out).0.trim()),
+        (0, "purged 1 available jobs of q")
+    );
+}
+
+#[test]
+fn every_subcommand_has_help_with_an_example_and_completions_exist() {
+    for args in [
+        vec!["serve"],
+        vec!["enqueue"],
+        vec!["jobs", "ls"],
+        vec!["jobs", "show"],
+        vec!["jobs", "events"],
+        vec!["jobs", "cancel"],
+        vec!["jobs", "retry"],
+        vec!["queues", "ls"],
+        vec!["queues", "show"],
+        vec!["queues", "set"],
+        vec!["queues", "pause"],
+        vec!["queues", "resume"],
+        vec!["queues", "replay"],
+        vec!["queues", "purge"],
+        vec!["dead", "ls"],
+        vec!["dead", "replay"],
+        vec!["completions"],
+    ] {
+        let mut full = args.clone();
+        full.push("--help");
+        let out = keel("http://127.0.0.1:1", &full);
+        let (stdout, _) = text(&out);
+        assert_eq!(code(&out), 0, "{full:?}");
+        assert!(
+            stdout.contains("Example"),
+            "{full:?} has no example:\n{stdout}"
+        );
+    }
+    let out = keel("http://127.0.0.1:1", &["--help"]);
+    assert!(text(&out).0.contains("Exit codes"));
+    for shell in ["bash", "zsh", "fish"] {
+        let out = keel("http://127.0.0.1:1", &["completions", shell]);
+        assert_eq!(code(&out), 0);
+        assert!(
+            text(&out).0.contains("queues"),
+            "{shell} completion mentions subcommands"
+        );
+    }
+}
