@@ -7,7 +7,7 @@
 //!   `keel dead ls` shows them and `keel dead replay emails` would retry them.
 //!
 //! Run (with `keel serve` running): `cargo run -p keel-client --example welcome_worker`
-//! Stop with ctrl-c: running jobs finish (or are handed back), then it exits.
+//! Stop with ctrl-c or SIGTERM: running jobs finish (or are handed back), then it exits.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -68,10 +68,7 @@ async fn main() -> Result<(), keel_client::Error> {
             tokio::time::sleep(Duration::from_millis(50)).await;
             Ok(())
         })
-        .run(async {
-            let _ = tokio::signal::ctrl_c().await;
-            println!("stopping: finishing running jobs");
-        })
+        .run_until_signal()
         .await?;
     println!(
         "done: {} completed, {} failed, {} handed back",

@@ -214,6 +214,32 @@ impl Worker {
         self
     }
 
+    /// `run` until SIGTERM or ctrl-c.
+    pub async fn run_until_signal(self) -> Result<WorkerReport, Error> {
+        self.run(async {
+            let ctrl_c = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            #[cfg(unix)]
+            let term = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let term = std::future::pending::<()>();
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term => {}
+            }
+            tracing::info!(message = "Stopping: no new jobs; finishing running ones.");
+        })
+        .await
+    }
+
     /// Runs until `shutdown` resolves, then stops leasing, gives running jobs the grace period,
     /// fails the rest back as retryable, flushes outcomes and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<WorkerReport, Error> {
