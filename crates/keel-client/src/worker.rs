@@ -217,24 +217,7 @@ impl Worker {
     /// `run` until SIGTERM or ctrl-c.
     pub async fn run_until_signal(self) -> Result<WorkerReport, Error> {
         self.run(async {
-            let ctrl_c = async {
-                let _ = tokio::signal::ctrl_c().await;
-            };
-            #[cfg(unix)]
-            let term = async {
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(mut s) => {
-                        s.recv().await;
-                    }
-                    Err(_) => std::future::pending::<()>().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let term = std::future::pending::<()>();
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term => {}
-            }
+            shutdown_signal().await;
             tracing::info!(message = "Stopping: no new jobs; finishing running ones.");
         })
         .await
@@ -344,6 +327,28 @@ impl Worker {
             failed: counters.failed.load(Ordering::Relaxed),
             released: counters.released.load(Ordering::Relaxed),
         })
+    }
+}
+
+/// Resolves when the process receives SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
     }
 }
 

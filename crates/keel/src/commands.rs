@@ -43,16 +43,31 @@ pub fn parse_id(text: &str) -> Result<uuid::Uuid, String> {
     uuid::Uuid::parse_str(text).map_err(|_| format!("{text:?} is not a job id"))
 }
 
+#[derive(clap::Args)]
 pub struct EnqueueArgs {
+    /// Queue name (with --stdin: for lines that have none).
     pub queue: Option<String>,
+    /// Job kind (with --stdin: for lines that have none).
     pub kind: Option<String>,
+    /// JSON payload (default `{}`).
+    #[arg(value_parser = parse_json)]
     pub payload: Option<Value>,
+    /// Read enqueue bodies as JSON lines from stdin and send them in batches of 1,000.
+    #[arg(long)]
     pub stdin: bool,
+    #[arg(long, allow_hyphen_values = true)]
     pub priority: Option<i32>,
+    #[arg(long, conflicts_with = "run_at")]
     pub delay_ms: Option<u64>,
+    /// RFC 3339 time, e.g. 2026-11-23T06:00:00Z.
+    #[arg(long, value_parser = Time::parse_rfc3339)]
     pub run_at: Option<Time>,
+    #[arg(long)]
     pub max_attempts: Option<u32>,
+    #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// Repeatable.
+    #[arg(long = "tag")]
     pub tags: Vec<String>,
 }
 

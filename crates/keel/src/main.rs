@@ -8,10 +8,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use keel_client::{Backoff, Client, JobFilter, QueuePatch, State, Time};
-use serde_json::Value;
+use keel_client::{Backoff, Client, JobFilter, QueuePatch, State};
 
-use crate::commands::{Ctx, EnqueueArgs, parse_id, parse_json, parse_state};
+use crate::commands::{Ctx, EnqueueArgs, parse_id, parse_state};
 use crate::render::{Style, exit};
 
 const EXIT_CODES: &str = "Exit codes: 0 success; 1 the server refused the request; 2 usage error; \
@@ -48,34 +47,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Enqueue a job, or many from JSON lines on stdin.
     #[command(
-        after_help = "Examples:\n  keel enqueue emails email.welcome '{\"to\": \"ada@example.com\"}'\n  keel enqueue emails email.welcome '{\"to\": \"ada@example.com\"}' --idempotency-key signup-42 --delay-ms 60000\n  cat jobs.jsonl | keel enqueue --stdin            # one enqueue body per line\n  cat payloads.jsonl | keel enqueue --stdin emails email.welcome   # fills queue and kind"
+        after_help = "Examples:\n  keel enqueue emails email.welcome '{\"to\": \"ada@example.com\"}'\n  keel enqueue emails email.welcome '{\"to\": \"ada@example.com\"}' --idempotency-key signup-42 --delay-ms 60000\n  cat jobs.jsonl | keel enqueue --stdin            # one enqueue body per line\n  echo '{\"payload\": {\"to\": \"ada@example.com\"}}' | keel enqueue --stdin emails email.welcome   # lines without queue/kind get these"
     )]
-    Enqueue {
-        /// Queue name (with --stdin: for lines that have none).
-        queue: Option<String>,
-        /// Job kind (with --stdin: for lines that have none).
-        kind: Option<String>,
-        /// JSON payload (default `{}`).
-        #[arg(value_parser = parse_json)]
-        payload: Option<Value>,
-        /// Read enqueue bodies as JSON lines from stdin and send them in batches of 1,000.
-        #[arg(long)]
-        stdin: bool,
-        #[arg(long, allow_hyphen_values = true)]
-        priority: Option<i32>,
-        #[arg(long, conflicts_with = "run_at")]
-        delay_ms: Option<u64>,
-        /// RFC 3339 time, e.g. 2026-11-23T06:00:00Z.
-        #[arg(long, value_parser = parse_time)]
-        run_at: Option<Time>,
-        #[arg(long)]
-        max_attempts: Option<u32>,
-        #[arg(long)]
-        idempotency_key: Option<String>,
-        /// Repeatable.
-        #[arg(long = "tag")]
-        tags: Vec<String>,
-    },
+    Enqueue(EnqueueArgs),
     /// Inspect and act on jobs.
     #[command(subcommand)]
     Jobs(JobsCmd),
@@ -306,10 +280,6 @@ impl std::str::FromStr for RetentionArg {
     }
 }
 
-fn parse_time(text: &str) -> Result<Time, String> {
-    Time::parse_rfc3339(text)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -365,32 +335,7 @@ fn main() -> ExitCode {
 async fn run(ctx: &Ctx, command: Command) -> commands::Outcome {
     match command {
         Command::Serve(_) | Command::Completions { .. } => Ok(exit::OK),
-        Command::Enqueue {
-            queue,
-            kind,
-            payload,
-            stdin,
-            priority,
-            delay_ms,
-            run_at,
-            max_attempts,
-            idempotency_key,
-            tags,
-        } => {
-            let args = EnqueueArgs {
-                queue,
-                kind,
-                payload,
-                stdin,
-                priority,
-                delay_ms,
-                run_at,
-                max_attempts,
-                idempotency_key,
-                tags,
-            };
-            commands::enqueue(ctx, args).await
-        }
+        Command::Enqueue(args) => commands::enqueue(ctx, args).await,
         Command::Jobs(JobsCmd::Ls(a)) => {
             let filter = JobFilter {
                 queue: a.queue,

@@ -50,30 +50,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
         ..Default::default()
     };
-    keel_server::serve(listener, Arc::new(store), clock, config, shutdown_signal())
-        .await
-        .context("serving")?;
+    keel_server::serve(
+        listener,
+        Arc::new(store),
+        clock,
+        config,
+        keel_client::worker::shutdown_signal(),
+    )
+    .await
+    .context("serving")?;
     Ok(())
-}
-
-/// Resolves on SIGTERM or ctrl-c.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
 }
