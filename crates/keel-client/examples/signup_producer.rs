@@ -20,8 +20,8 @@ async fn main() -> Result<(), keel_client::Error> {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(10);
-    let url = std::env::var("KEEL_URL").unwrap_or_else(|_| keel_client::DEFAULT_URL.to_owned());
-    let client = Client::new(url)?;
+    // KEEL_URL and KEEL_TOKEN, or the local server's admin token in KEEL_DATA_DIR.
+    let client = Client::from_env()?;
     for user_id in 1..=count {
         // Every fifth address is undeliverable: its check will fail permanently and go dead.
         let domain = if user_id % 5 == 0 {

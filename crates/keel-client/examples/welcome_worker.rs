@@ -25,11 +25,11 @@ struct Welcome {
 
 #[tokio::main]
 async fn main() -> Result<(), keel_client::Error> {
-    let url = std::env::var("KEEL_URL").unwrap_or_else(|_| keel_client::DEFAULT_URL.to_owned());
     let sink = PathBuf::from(std::env::var("MAIL_SINK").unwrap_or_else(|_| "mail-sink".into()));
     std::fs::create_dir_all(&sink)
         .map_err(|e| keel_client::Error::Invalid(format!("mail sink: {e}")))?;
-    let client = Client::new(url)?;
+    // KEEL_URL and KEEL_TOKEN, or the local server's admin token in KEEL_DATA_DIR.
+    let client = Client::from_env()?;
     // Short backoff so the demo retries within seconds (the default starts at 1 s, up to 1 h).
     let patch = QueuePatch {
         backoff: Some(Some(keel_client::Backoff {

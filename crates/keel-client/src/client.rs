@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use crate::error::{Error, Problem};
 use crate::types::{
-    AckItem, AckResult, EnqueueRequest, Enqueued, Event, Failure, JobFilter, JobPage, LeaseRequest,
-    LeasedJob, QueueInfo, QueuePatch,
+    AckItem, AckResult, AuditPage, CreatedToken, EnqueueRequest, Enqueued, Event, Failure,
+    JobFilter, JobPage, LeaseRequest, LeasedJob, NewToken, QueueInfo, QueuePatch, TokenInfo,
 };
 
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8470";
@@ -59,14 +59,26 @@ impl RetryPolicy {
 pub struct ClientBuilder {
     url: String,
     token: Option<String>,
+    admin_token_dir: Option<std::path::PathBuf>,
     timeout: Duration,
     connect_timeout: Duration,
     retry: RetryPolicy,
 }
 
+/// The file `keel serve` writes its first admin token to, inside its data dir.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
 impl ClientBuilder {
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Uses the admin token a local `keel serve` wrote to `<data_dir>/admin.token`. `build`
+    /// reads it, and refuses when the URL is not loopback: a local admin secret must never be
+    /// sent to another host.
+    pub fn admin_token_from(mut self, data_dir: impl Into<std::path::PathBuf>) -> Self {
+        self.admin_token_dir = Some(data_dir.into());
         self
     }
 
@@ -97,10 +109,29 @@ impl ClientBuilder {
                 "the server URL must start with http:// or https://, got {base:?}"
             )));
         }
+        let token = match (self.token, self.admin_token_dir) {
+            (Some(t), _) => Some(t),
+            (None, Some(dir)) => {
+                if !is_loopback_url(&base) {
+                    return Err(Error::Invalid(format!(
+                        "refusing to send the local admin token to {base}, which is not a loopback address; pass a token"
+                    )));
+                }
+                let path = dir.join(ADMIN_TOKEN_FILE);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    Error::Invalid(format!(
+                        "cannot read the admin token at {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                Some(text.trim().to_owned())
+            }
+            (None, None) => None,
+        };
         Ok(Client {
             http,
             base,
-            token: self.token,
+            token,
             timeout: self.timeout,
             retry: self.retry,
         })
@@ -129,6 +160,7 @@ impl Client {
         ClientBuilder {
             url: url.into(),
             token: None,
+            admin_token_dir: None,
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
@@ -136,6 +168,25 @@ impl Client {
     }
 
     /// A client for `url` with default settings.
+    /// A client configured the way the `keel` CLI is: `KEEL_URL` (default [`DEFAULT_URL`]),
+    /// `KEEL_TOKEN`, or else, for a loopback URL, the admin token of the local server in
+    /// `KEEL_DATA_DIR` (default `./keel-data`) when that file exists.
+    pub fn from_env() -> Result<Client, Error> {
+        let url = std::env::var("KEEL_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
+        let builder = Client::builder(url.clone());
+        if let Ok(token) = std::env::var("KEEL_TOKEN") {
+            return builder.token(token).build();
+        }
+        let dir = std::path::PathBuf::from(
+            std::env::var("KEEL_DATA_DIR").unwrap_or_else(|_| "./keel-data".to_owned()),
+        );
+        if is_loopback_url(&url) && dir.join(ADMIN_TOKEN_FILE).exists() {
+            builder.admin_token_from(dir).build()
+        } else {
+            builder.build()
+        }
+    }
+
     pub fn new(url: impl Into<String>) -> Result<Client, Error> {
         Client::builder(url).build()
     }
@@ -470,6 +521,38 @@ impl Client {
     }
 
     /// `GET /readyz`: whether the server can write to storage.
+    /// Creates an API token (admin only). The answer holds the secret: it is shown only here.
+    pub async fn create_token(&self, req: &NewToken) -> Result<CreatedToken, Error> {
+        self.post("/v1/tokens", req, Repeat::Unsafe).await
+    }
+
+    /// Every token (admin only); never their secrets.
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, Error> {
+        self.get("/v1/tokens").await
+    }
+
+    /// Revokes a token at once (admin only).
+    pub async fn delete_token(&self, id: Uuid) -> Result<(), Error> {
+        self.request::<()>(
+            Method::DELETE,
+            &format!("/v1/tokens/{id}"),
+            None::<&()>,
+            Repeat::Safe,
+            Duration::ZERO,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// One page of the audit log, newest first; pass the previous page's `next_cursor`.
+    pub async fn audit(&self, limit: u32, cursor: Option<&str>) -> Result<AuditPage, Error> {
+        let mut path = format!("/v1/audit?limit={limit}");
+        if let Some(c) = cursor {
+            path.push_str(&format!("&cursor={}", encode(c)));
+        }
+        self.get(&path).await
+    }
+
     pub async fn ready(&self) -> Result<(), Error> {
         self.get::<Value>("/readyz").await.map(|_| ())
     }
@@ -560,7 +643,9 @@ async fn decode<T: DeserializeOwned>(
         message: e.to_string(),
     })?;
     if status.is_success() {
-        let value = serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
+        // `204 No Content` decodes as JSON null, so `T = ()` works for it.
+        let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        let value = serde_json::from_slice(body).map_err(|e| Error::Decode {
             status: status.as_u16(),
             message: format!("{e}"),
         })?;
@@ -601,5 +686,51 @@ mod tests {
     fn encoding_keeps_names_and_escapes_the_rest() {
         assert_eq!(encode("tenant:7.a_b-c"), "tenant:7.a_b-c");
         assert_eq!(encode("a b/c"), "a%20b%2Fc");
+    }
+}
+
+/// Whether `url`'s host is a loopback address (`127.0.0.0/8`, `::1`, `localhost`).
+pub fn is_loopback_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod loopback_tests {
+    use super::is_loopback_url;
+
+    #[test]
+    fn only_loopback_hosts_count() {
+        for yes in [
+            "http://127.0.0.1:8470",
+            "http://localhost",
+            "https://[::1]:1/x",
+            "http://127.9.9.9",
+        ] {
+            assert!(is_loopback_url(yes), "{yes}");
+        }
+        for no in [
+            "http://10.0.0.1:8470",
+            "http://example.com",
+            "http://127.0.0.1.evil.com",
+            "http://localhost.evil.com",
+            "http://user@evil.com",
+            "http://evil.com/127.0.0.1",
+        ] {
+            assert!(!is_loopback_url(no), "{no}");
+        }
     }
 }

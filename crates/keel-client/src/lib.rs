@@ -9,10 +9,13 @@ mod error;
 mod types;
 pub mod worker;
 
-pub use client::{Client, ClientBuilder, DEFAULT_URL, JobPager, RetryPolicy};
+pub use client::{
+    ADMIN_TOKEN_FILE, Client, ClientBuilder, DEFAULT_URL, JobPager, RetryPolicy, is_loopback_url,
+};
 pub use error::{Error, FieldProblem, Problem, ProblemKind};
 pub use keel_core::{Backoff, Job, State, Time};
 pub use types::{
-    AckItem, AckOutcome, AckResult, Counts, EnqueueRequest, Enqueued, Event, Failure, JobFilter,
-    JobPage, LeaseInfo, LeaseRequest, LeasedJob, QueueInfo, QueuePatch,
+    AckItem, AckOutcome, AckResult, AuditActor, AuditEntry, AuditPage, Counts, CreatedToken,
+    EnqueueRequest, Enqueued, Event, Failure, JobFilter, JobPage, LeaseInfo, LeaseRequest,
+    LeasedJob, NewToken, QueueInfo, QueuePatch, TokenInfo,
 };

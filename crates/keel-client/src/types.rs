@@ -265,6 +265,56 @@ pub struct QueuePatch {
     pub retention: Option<Option<keel_core::Retention>>,
 }
 
+/// `POST /v1/tokens`.
+#[derive(Clone, Debug, Serialize)]
+pub struct NewToken {
+    pub name: String,
+    /// `admin`, `producer`, `worker` or `viewer`.
+    pub role: String,
+    /// Queue glob patterns (`billing.*`); `None` for every queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queues: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct TokenInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub role: String,
+    pub queues: Option<Vec<String>>,
+    pub created_at: Time,
+}
+
+/// The answer to creating a token: its details and the secret, shown this once.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    pub token: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct AuditActor {
+    pub token_id: Option<Uuid>,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub at: Time,
+    pub actor: AuditActor,
+    pub action: String,
+    pub target: String,
+    pub data: Value,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    pub next_cursor: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

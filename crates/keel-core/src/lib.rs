@@ -4,6 +4,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod access;
 pub mod backoff;
 pub mod event;
 pub mod job;
@@ -13,6 +14,7 @@ pub mod time;
 pub mod transition;
 pub mod validate;
 
+pub use access::{Role, Scope};
 pub use backoff::Backoff;
 pub use event::{DeadReason, Event, EventData, apply, project};
 pub use job::{Job, JobError, Json, Lease, NewJob, State, When};

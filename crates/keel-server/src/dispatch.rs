@@ -11,6 +11,7 @@ use keel_store::{LeaseRequest, LeasedJob, Store, StoreError};
 use tokio::sync::watch;
 
 use crate::Clock;
+use crate::limit::InFlight;
 
 /// Longest idle sleep of the timer loop; also its retry pace after a storage error.
 const MAX_TIMER_SLEEP_MS: i64 = 1_000;
@@ -48,13 +49,15 @@ pub(crate) async fn run_timers(
     }
 }
 
-/// Leases, waiting up to `wait_ms` for work when none is available.
+/// Leases, waiting up to `wait_ms` for work when none is available. Before its first wait it
+/// gives back its in-flight budget slot: a waiting poll costs no work.
 pub(crate) async fn lease_with_wait(
     store: &dyn Store,
     clock: &dyn Clock,
     req: LeaseRequest,
     wait_ms: i64,
     mut stopping: watch::Receiver<bool>,
+    in_flight: Option<&InFlight>,
 ) -> Result<Vec<LeasedJob>, StoreError> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms.max(0) as u64);
     let mut wake = store.subscribe();
@@ -63,6 +66,9 @@ pub(crate) async fn lease_with_wait(
         let jobs = store.lease(req.clone(), clock.now()).await?;
         if !jobs.is_empty() || *stopping.borrow() {
             return Ok(jobs);
+        }
+        if let Some(slot) = in_flight {
+            slot.release();
         }
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => return Ok(jobs),

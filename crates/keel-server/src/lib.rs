@@ -4,8 +4,10 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
 mod dispatch;
 mod extract;
+mod limit;
 mod problem;
 mod routes;
 mod wire;
@@ -19,6 +21,7 @@ use keel_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use auth::{ensure_admin_token, generate_token};
 pub use problem::ApiError;
 
 /// The source of "now"; injected so tests can control it.
@@ -42,6 +45,12 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// How long graceful shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Require a bearer token on the job API. Off only for `--no-auth` on loopback.
+    pub auth: bool,
+    /// Job API requests in flight at once; beyond it, `429 overloaded` at once.
+    pub max_in_flight: usize,
+    /// Per-token rate limit: (requests per second, burst). `None`: no limit.
+    pub token_rate_limit: Option<(u32, u32)>,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +58,9 @@ impl Default for ServerConfig {
         ServerConfig {
             limits: Limits::default(),
             shutdown_grace: Duration::from_secs(10),
+            auth: true,
+            max_in_flight: 1_024,
+            token_rate_limit: None,
         }
     }
 }
@@ -59,6 +71,7 @@ pub(crate) struct AppState {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: Arc<ServerConfig>,
+    pub(crate) auth: Arc<auth::Auth>,
     /// Turns true when shutdown begins; long polls end early on it.
     pub(crate) stopping: watch::Receiver<bool>,
 }
@@ -73,12 +86,19 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let limiter = config
+        .token_rate_limit
+        .map(|(rate, burst)| limit::RateLimiter::new(rate, burst));
+    let auth = auth::Auth::load(&*store, config.auth, limiter)
+        .await
+        .map_err(|e| std::io::Error::other(format!("loading tokens: {e}")))?;
     let (stop, stopping) = watch::channel(false);
     let grace = config.shutdown_grace;
     let state = AppState {
         store: store.clone(),
         clock: clock.clone(),
         config: Arc::new(config),
+        auth: Arc::new(auth),
         stopping: stopping.clone(),
     };
     let timers = tokio::spawn(dispatch::run_timers(store.clone(), clock, stopping.clone()));

@@ -12,6 +12,16 @@ pub enum ApiError {
     /// A field or parameter is wrong; `errors` says where and why.
     Validation(Vec<FieldError>),
     MalformedJson(String),
+    /// No token, a malformed header, or an unknown or revoked token.
+    Unauthorized(String),
+    /// A known token outside its role or queues.
+    Forbidden(String),
+    /// The in-flight budget is full.
+    Overloaded,
+    /// Over the token's rate limit; retry after this many milliseconds.
+    RateLimited(u64),
+    /// The client took too long to send its request body.
+    RequestTimeout,
     UnsupportedMediaType,
     PayloadTooLarge(String),
     NotFound(String),
@@ -51,6 +61,19 @@ impl ApiError {
             ApiError::MalformedJson(_) => {
                 (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON")
             }
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded", "Overloaded"),
+            ApiError::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Rate limited",
+            ),
+            ApiError::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request timeout",
+            ),
             ApiError::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
@@ -102,11 +125,21 @@ impl ApiError {
                 "the body must be JSON with Content-Type: application/json".into()
             }
             ApiError::MethodNotAllowed => "this route does not accept that method".into(),
+            ApiError::Overloaded => {
+                "the server is at its in-flight request limit; retry after Retry-After seconds"
+                    .into()
+            }
+            ApiError::RateLimited(ms) => {
+                format!("this token is over its rate limit; the next request passes in {ms} ms")
+            }
+            ApiError::RequestTimeout => "the request body did not arrive in time".into(),
             ApiError::LeaseLost => TransitionError::LeaseLost.to_string(),
             ApiError::InsufficientStorage => "the disk is full; nothing was written".into(),
             ApiError::IdempotencyKeyReused(d, _) => d.clone(),
             ApiError::MalformedJson(d)
             | ApiError::PayloadTooLarge(d)
+            | ApiError::Unauthorized(d)
+            | ApiError::Forbidden(d)
             | ApiError::NotFound(d)
             | ApiError::InvalidState(d)
             | ApiError::StorageUnavailable(d) => d.clone(),
@@ -142,6 +175,7 @@ impl From<StoreError> for ApiError {
                     Some(format!("/jobs/{index}/idempotency_key")),
                 )
             }
+            StoreError::Conflict(m) => ApiError::InvalidState(m),
             StoreError::Unavailable(m) => ApiError::StorageUnavailable(m),
             StoreError::Full => ApiError::InsufficientStorage,
             StoreError::Internal(m) => ApiError::Internal(m),
@@ -176,8 +210,23 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if matches!(self, ApiError::StorageUnavailable(_)) {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match &self {
+            ApiError::StorageUnavailable(_) | ApiError::Overloaded => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::RateLimited(ms) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(ms.div_ceil(1_000).max(1)),
+                );
+            }
+            ApiError::Unauthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"keel\""),
+                );
+            }
+            _ => {}
         }
         res
     }

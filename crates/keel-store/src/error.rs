@@ -16,6 +16,9 @@ pub enum StoreError {
         queue: String,
         key: String,
     },
+    /// The change would break a rule of the stored data (deleting the last admin token).
+    #[error("{0}")]
+    Conflict(String),
     /// Storage cannot be reached or has stopped; the caller may retry later.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -53,6 +56,7 @@ impl StoreError {
                     key: key.clone(),
                 }
             }
+            StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
             StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
             StoreError::Full => StoreError::Full,
             StoreError::Internal(m) => StoreError::Internal(m.clone()),

@@ -20,13 +20,13 @@ pub mod testing;
 pub use error::StoreError;
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use types::{
-    Counts, Enqueued, JobFilter, JobPage, LeaseRequest, LeasedJob, Outcome, OutcomeKind, QueueInfo,
-    ReplayFilter, Tick,
+    Actor, AuditEntry, Counts, Enqueued, JobFilter, JobPage, LeaseRequest, LeasedJob, Outcome,
+    OutcomeKind, QueueInfo, ReplayFilter, SchemaRecord, Tick, TokenRecord,
 };
 pub use verify::VerifyReport;
 
 use async_trait::async_trait;
-use keel_core::{Event, Job, NewJob, QueueOverrides, State, Time};
+use keel_core::{Event, Job, Json, NewJob, QueueOverrides, Scope, State, Time};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -43,12 +43,16 @@ pub trait Store: Send + Sync + 'static {
     /// concurrency limits. Never waits; long polling is the caller's loop around `subscribe`.
     async fn lease(&self, req: LeaseRequest, now: Time) -> Result<Vec<LeasedJob>, StoreError>;
 
+    // Commands on one job take the caller's `scope`: a job in a queue outside it is `NotFound`,
+    // exactly as if it did not exist (checked where the job is loaded, so it costs no extra read).
+
     /// Extends a lease; returns the new expiry.
     async fn heartbeat(
         &self,
         id: Uuid,
         token: String,
         lease_ms: i64,
+        scope: Scope,
         now: Time,
     ) -> Result<Time, StoreError>;
 
@@ -56,13 +60,14 @@ pub trait Store: Send + Sync + 'static {
     async fn record_outcomes(
         &self,
         items: Vec<Outcome>,
+        scope: Scope,
         now: Time,
     ) -> Result<Vec<Result<Job, StoreError>>, StoreError>;
 
-    async fn cancel(&self, id: Uuid, now: Time) -> Result<Job, StoreError>;
+    async fn cancel(&self, id: Uuid, scope: Scope, now: Time) -> Result<Job, StoreError>;
 
     /// A dead or cancelled job back to available with a fresh attempt budget.
-    async fn retry(&self, id: Uuid, now: Time) -> Result<Job, StoreError>;
+    async fn retry(&self, id: Uuid, scope: Scope, now: Time) -> Result<Job, StoreError>;
 
     async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StoreError>;
 
@@ -77,11 +82,14 @@ pub trait Store: Send + Sync + 'static {
 
     async fn queue(&self, name: &str, now: Time) -> Result<Option<QueueInfo>, StoreError>;
 
+    // Admin changes take the `actor` and record an audit entry in the same transaction.
+
     /// Replaces the queue's overrides (creating the queue if needed).
     async fn configure_queue(
         &self,
         name: &str,
         overrides: QueueOverrides,
+        actor: &Actor,
         now: Time,
     ) -> Result<QueueInfo, StoreError>;
 
@@ -89,15 +97,68 @@ pub trait Store: Send + Sync + 'static {
         &self,
         name: &str,
         paused: bool,
+        actor: &Actor,
         now: Time,
     ) -> Result<QueueInfo, StoreError>;
 
     /// Dead or cancelled jobs of a queue back to available; returns how many.
-    async fn replay(&self, queue: &str, filter: ReplayFilter, now: Time)
-    -> Result<u64, StoreError>;
+    async fn replay(
+        &self,
+        queue: &str,
+        filter: ReplayFilter,
+        actor: &Actor,
+        now: Time,
+    ) -> Result<u64, StoreError>;
 
     /// Deletes the queue's jobs in `state` (recording a `purged` event each); returns how many.
-    async fn purge(&self, queue: &str, state: State, now: Time) -> Result<u64, StoreError>;
+    async fn purge(
+        &self,
+        queue: &str,
+        state: State,
+        actor: &Actor,
+        now: Time,
+    ) -> Result<u64, StoreError>;
+
+    /// Stores a new API token (only its hash).
+    async fn create_token(
+        &self,
+        token: TokenRecord,
+        actor: &Actor,
+        now: Time,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes a token; returns what it was. The last admin token cannot be deleted
+    /// (`Conflict`), so a store always keeps a way in once it has one.
+    async fn delete_token(
+        &self,
+        id: Uuid,
+        actor: &Actor,
+        now: Time,
+    ) -> Result<TokenRecord, StoreError>;
+
+    /// Every token, oldest first.
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Creates or replaces the payload schema of `kind`; the caller has checked it is valid.
+    async fn put_schema(
+        &self,
+        kind: &str,
+        schema: Json,
+        actor: &Actor,
+        now: Time,
+    ) -> Result<SchemaRecord, StoreError>;
+
+    async fn delete_schema(&self, kind: &str, actor: &Actor, now: Time) -> Result<(), StoreError>;
+
+    /// Every schema, by kind.
+    async fn schemas(&self) -> Result<Vec<SchemaRecord>, StoreError>;
+
+    /// Audit entries newest first; `before` is the previous page's last `seq`.
+    async fn audit_log(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// Runs what is due at `now`: scheduled jobs become available, expired leases count as failed
     /// attempts, retention deletes old finished jobs and expired idempotency keys.

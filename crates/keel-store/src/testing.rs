@@ -7,10 +7,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use keel_core::{Backoff, Json, NewJob, QueueOverrides, State, Time, When};
+use keel_core::{Backoff, Json, NewJob, QueueOverrides, Role, Scope, State, Time, When};
 
 use crate::{
-    JobFilter, LeaseRequest, Outcome, OutcomeKind, ReplayFilter, SqliteConfig, SqliteStore, Store,
+    Actor, JobFilter, LeaseRequest, Outcome, OutcomeKind, ReplayFilter, SqliteConfig, SqliteStore,
+    Store, TokenRecord,
 };
 
 /// 2026-11-23T06:00:00.000Z: the suite's "now".
@@ -71,7 +72,11 @@ macro_rules! conformance_tests {
             batch_outcomes_succeed_or_fail_per_item,
             reopen_keeps_every_job_and_rebuilds_dispatch,
             jobs_table_equals_the_fold_of_events,
-            subscribers_wake_when_work_arrives
+            subscribers_wake_when_work_arrives,
+            tokens_store_only_hashes_and_delete_at_once,
+            schemas_are_versioned_and_audited,
+            admin_changes_are_audited_with_their_actor,
+            scoped_commands_and_lists_never_reach_other_queues
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -83,6 +88,14 @@ macro_rules! conformance_tests {
             }
         )*
     };
+}
+
+/// The actor the suite's admin changes are made by.
+pub fn op() -> Actor {
+    Actor {
+        token_id: Some(uuid::Uuid::from_u128(7)),
+        name: "operator".into(),
+    }
 }
 
 /// A job for `queue` with a small JSON payload.
@@ -143,7 +156,7 @@ pub mod cases {
         now: Time,
     ) -> Result<keel_core::Job, StoreError> {
         store
-            .record_outcomes(vec![outcome], now)
+            .record_outcomes(vec![outcome], Scope::All, now)
             .await
             .unwrap()
             .pop()
@@ -397,7 +410,13 @@ pub mod cases {
             );
         }
         let err = store
-            .heartbeat(id, first.token.clone(), 1_000, T0.plus_ms(3_001))
+            .heartbeat(
+                id,
+                first.token.clone(),
+                1_000,
+                Scope::All,
+                T0.plus_ms(3_001),
+            )
             .await
             .unwrap_err();
         assert!(matches!(
@@ -549,7 +568,7 @@ pub mod cases {
         req.lease_ms = Some(1_000);
         let leased = store.lease(req, T0).await.unwrap().remove(0);
         let expires = store
-            .heartbeat(id, leased.token.clone(), 5_000, T0.plus_ms(900))
+            .heartbeat(id, leased.token.clone(), 5_000, Scope::All, T0.plus_ms(900))
             .await
             .unwrap();
         assert_eq!(expires, T0.plus_ms(5_900));
@@ -566,7 +585,7 @@ pub mod cases {
         );
         assert!(matches!(
             store
-                .heartbeat(uuid::Uuid::now_v7(), "x".into(), 1, T0)
+                .heartbeat(uuid::Uuid::now_v7(), "x".into(), 1, Scope::All, T0)
                 .await,
             Err(StoreError::NotFound)
         ));
@@ -581,6 +600,7 @@ pub mod cases {
                     concurrency: Some(2),
                     ..Default::default()
                 },
+                &op(),
                 T0,
             )
             .await
@@ -608,7 +628,7 @@ pub mod cases {
             "a freed slot is reused"
         );
         store
-            .configure_queue("q", QueueOverrides::default(), T0)
+            .configure_queue("q", QueueOverrides::default(), &op(), T0)
             .await
             .unwrap();
         assert_eq!(
@@ -621,7 +641,7 @@ pub mod cases {
     pub async fn paused_queue_hands_out_nothing(h: &dyn Harness) {
         let store = h.open().await;
         store.enqueue(vec![job("q")], T0).await.unwrap();
-        assert!(store.set_paused("q", true, T0).await.unwrap().paused);
+        assert!(store.set_paused("q", true, &op(), T0).await.unwrap().paused);
         assert!(
             store
                 .lease(lease_req(&["q"], 1), T0)
@@ -629,13 +649,13 @@ pub mod cases {
                 .unwrap()
                 .is_empty()
         );
-        store.set_paused("q", false, T0).await.unwrap();
+        store.set_paused("q", false, &op(), T0).await.unwrap();
         assert_eq!(
             store.lease(lease_req(&["q"], 1), T0).await.unwrap().len(),
             1
         );
         assert!(matches!(
-            store.set_paused("nope", true, T0).await,
+            store.set_paused("nope", true, &op(), T0).await,
             Err(StoreError::NotFound)
         ));
     }
@@ -648,18 +668,18 @@ pub mod cases {
             .await
             .unwrap()
             .remove(0);
-        let cancelled = store.cancel(id, T0).await.unwrap();
+        let cancelled = store.cancel(id, Scope::All, T0).await.unwrap();
         assert_eq!(cancelled.state, State::Cancelled);
         assert!(matches!(
             one(&*store, complete(id, &leased.token), T0).await,
             Err(StoreError::Transition(TransitionError::LeaseLost))
         ));
         assert!(matches!(
-            store.cancel(id, T0).await,
+            store.cancel(id, Scope::All, T0).await,
             Err(StoreError::Transition(TransitionError::InvalidState { .. }))
         ));
         assert!(matches!(
-            store.cancel(uuid::Uuid::now_v7(), T0).await,
+            store.cancel(uuid::Uuid::now_v7(), Scope::All, T0).await,
             Err(StoreError::NotFound)
         ));
     }
@@ -681,10 +701,10 @@ pub mod cases {
                 .unwrap();
         }
         assert!(
-            matches!(store.retry(ids[0], T0).await, Ok(ref j) if j.state == State::Available && j.attempt == 0)
+            matches!(store.retry(ids[0], Scope::All, T0).await, Ok(ref j) if j.state == State::Available && j.attempt == 0)
         );
         assert!(matches!(
-            store.retry(ids[0], T0).await,
+            store.retry(ids[0], Scope::All, T0).await,
             Err(StoreError::Transition(TransitionError::InvalidState { .. }))
         ));
         let n = store
@@ -695,6 +715,7 @@ pub mod cases {
                     kind: None,
                     limit: 1_000,
                 },
+                &op(),
                 T0,
             )
             .await
@@ -713,6 +734,7 @@ pub mod cases {
                         kind: None,
                         limit: 1
                     },
+                    &op(),
                     T0
                 )
                 .await,
@@ -729,8 +751,11 @@ pub mod cases {
             .iter()
             .map(|e| e.job.id)
             .collect();
-        store.cancel(ids[0], T0).await.unwrap();
-        assert_eq!(store.purge("q", State::Available, T0).await.unwrap(), 2);
+        store.cancel(ids[0], Scope::All, T0).await.unwrap();
+        assert_eq!(
+            store.purge("q", State::Available, &op(), T0).await.unwrap(),
+            2
+        );
         assert!(store.get_job(ids[1]).await.unwrap().is_none());
         let types: Vec<_> = store
             .job_events(ids[1])
@@ -768,6 +793,7 @@ pub mod cases {
                     retention: Some(retention),
                     ..Default::default()
                 },
+                &op(),
                 T0,
             )
             .await
@@ -904,6 +930,7 @@ pub mod cases {
                     complete(l[1].job.id, "wrong"),
                     fail(l[1].job.id, &l[1].token, true, Some(0)),
                 ],
+                Scope::All,
                 T0,
             )
             .await
@@ -929,6 +956,7 @@ pub mod cases {
                     concurrency: Some(3),
                     ..Default::default()
                 },
+                &op(),
                 T0,
             )
             .await
@@ -948,7 +976,7 @@ pub mod cases {
         req.lease_ms = Some(5_000);
         let leased = store.lease(req, T0).await.unwrap().remove(0);
         assert_eq!(leased.job.id, ids[3]);
-        store.set_paused("q", true, T0).await.unwrap();
+        store.set_paused("q", true, &op(), T0).await.unwrap();
         store.close().await.unwrap();
         assert!(
             matches!(
@@ -971,7 +999,7 @@ pub mod cases {
                 .is_empty(),
             "pause survived"
         );
-        store.set_paused("q", false, T0).await.unwrap();
+        store.set_paused("q", false, &op(), T0).await.unwrap();
         // Lease expiry is recovered from disk.
         store.tick(T0.plus_ms(5_000)).await.unwrap();
         let after = store.get_job(ids[3]).await.unwrap().unwrap();
@@ -1014,7 +1042,10 @@ pub mod cases {
                     }
                 })
                 .collect();
-            store.record_outcomes(outcomes, now).await.unwrap();
+            store
+                .record_outcomes(outcomes, Scope::All, now)
+                .await
+                .unwrap();
             now = now.plus_ms(10_000);
             store.tick(now).await.unwrap();
         }
@@ -1026,8 +1057,11 @@ pub mod cases {
             .await
             .unwrap()
             .jobs;
-        let _ = store.cancel(some[0].id, now).await;
-        store.purge("q", State::Completed, now).await.unwrap();
+        let _ = store.cancel(some[0].id, Scope::All, now).await;
+        store
+            .purge("q", State::Completed, &op(), now)
+            .await
+            .unwrap();
         let report = store.verify().await.unwrap();
         assert!(report.jobs > 0 && report.events > report.jobs);
         assert!(
@@ -1046,5 +1080,202 @@ pub mod cases {
             .await
             .expect("woken")
             .unwrap();
+    }
+
+    pub async fn tokens_store_only_hashes_and_delete_at_once(h: &dyn Harness) {
+        let store = h.open().await;
+        let token = TokenRecord {
+            id: uuid::Uuid::now_v7(),
+            name: "billing-api".into(),
+            role: Role::Producer,
+            queues: Some(vec!["billing.*".into()]),
+            hash: keel_core::access::api_token_hash("keel_secret"),
+            created_at: T0,
+        };
+        store.create_token(token.clone(), &op(), T0).await.unwrap();
+        let admin = TokenRecord {
+            id: uuid::Uuid::now_v7(),
+            name: "root".into(),
+            role: Role::Admin,
+            queues: None,
+            hash: keel_core::access::api_token_hash("keel_other"),
+            created_at: T0.plus_ms(1),
+        };
+        store.create_token(admin.clone(), &op(), T0).await.unwrap();
+        store.close().await.unwrap();
+        let store = h.open().await;
+        assert_eq!(
+            store.tokens().await.unwrap(),
+            vec![token.clone(), admin.clone()]
+        );
+        // The same secret twice would make two tokens indistinguishable: refused.
+        let dup = TokenRecord {
+            id: uuid::Uuid::now_v7(),
+            ..token.clone()
+        };
+        assert!(store.create_token(dup, &op(), T0).await.is_err());
+        assert_eq!(
+            store.delete_token(token.id, &op(), T0).await.unwrap(),
+            token
+        );
+        assert_eq!(store.tokens().await.unwrap(), vec![admin.clone()]);
+        assert!(matches!(
+            store.delete_token(admin.id, &op(), T0).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(store.tokens().await.unwrap(), vec![admin]);
+        assert!(matches!(
+            store.delete_token(token.id, &op(), T0).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    pub async fn schemas_are_versioned_and_audited(h: &dyn Harness) {
+        let store = h.open().await;
+        let v1 = Json::from_value(&serde_json::json!({"type": "object"}));
+        let v2 = Json::from_value(&serde_json::json!({"type": "object", "required": ["email"]}));
+        assert_eq!(
+            store
+                .put_schema("email.send", v1, &op(), T0)
+                .await
+                .unwrap()
+                .version,
+            1
+        );
+        let second = store
+            .put_schema("email.send", v2.clone(), &op(), T0.plus_ms(5))
+            .await
+            .unwrap();
+        assert_eq!((second.version, second.updated_at), (2, T0.plus_ms(5)));
+        let all = store.schemas().await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].schema, v2);
+        store.delete_schema("email.send", &op(), T0).await.unwrap();
+        assert!(store.schemas().await.unwrap().is_empty());
+        assert!(matches!(
+            store.delete_schema("email.send", &op(), T0).await,
+            Err(StoreError::NotFound)
+        ));
+        let actions: Vec<String> = store
+            .audit_log(None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+        assert_eq!(actions, ["schema.deleted", "schema.put", "schema.put"]);
+    }
+
+    pub async fn admin_changes_are_audited_with_their_actor(h: &dyn Harness) {
+        let store = h.open().await;
+        store.enqueue(vec![job("q")], T0).await.unwrap();
+        store
+            .configure_queue(
+                "q",
+                QueueOverrides {
+                    concurrency: Some(3),
+                    ..Default::default()
+                },
+                &op(),
+                T0,
+            )
+            .await
+            .unwrap();
+        store.set_paused("q", true, &op(), T0).await.unwrap();
+        store
+            .set_paused("q", false, &Actor::system("cli"), T0)
+            .await
+            .unwrap();
+        store
+            .purge("q", State::Available, &op(), T0.plus_ms(1))
+            .await
+            .unwrap();
+        // A refused change records nothing.
+        assert!(store.set_paused("nope", true, &op(), T0).await.is_err());
+        let log = store.audit_log(None, 100).await.unwrap();
+        let got: Vec<(&str, &str, Option<uuid::Uuid>)> = log
+            .iter()
+            .map(|e| (e.action.as_str(), e.target.as_str(), e.actor.token_id))
+            .collect();
+        let me = op().token_id;
+        assert_eq!(
+            got,
+            [
+                ("queue.purged", "q", me),
+                ("queue.resumed", "q", None),
+                ("queue.paused", "q", me),
+                ("queue.configured", "q", me),
+            ]
+        );
+        assert_eq!(log[0].data["purged"], 1);
+        assert_eq!(log[0].at, T0.plus_ms(1));
+        assert_eq!(log[3].data["concurrency"], 3);
+        // Pages continue below the last seq seen.
+        let page = store.audit_log(Some(log[1].seq), 100).await.unwrap();
+        assert_eq!(page, log[2..].to_vec());
+    }
+
+    pub async fn scoped_commands_and_lists_never_reach_other_queues(h: &dyn Harness) {
+        let store = h.open().await;
+        let mine = store
+            .enqueue(vec![job("billing.invoices")], T0)
+            .await
+            .unwrap()[0]
+            .job
+            .id;
+        let theirs = store.enqueue(vec![job("hr.payroll")], T0).await.unwrap()[0]
+            .job
+            .id;
+        let scope = Scope::from_patterns(Some(vec!["billing.*".into()]));
+        let page = store
+            .list_jobs(JobFilter {
+                limit: 10,
+                scope: scope.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [mine]);
+        // Two patterns: either may match.
+        let both = Scope::from_patterns(Some(vec!["nothing".into(), "hr.*".into()]));
+        let page = store
+            .list_jobs(JobFilter {
+                limit: 10,
+                scope: both,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [theirs]);
+        // Commands on a job outside the scope behave as if it did not exist, and change nothing.
+        assert!(matches!(
+            store.cancel(theirs, scope.clone(), T0).await,
+            Err(StoreError::NotFound)
+        ));
+        let leased = store
+            .lease(lease_req(&["hr.payroll"], 1), T0)
+            .await
+            .unwrap()
+            .remove(0);
+        assert!(matches!(
+            store
+                .heartbeat(theirs, leased.token.clone(), 1_000, scope.clone(), T0)
+                .await,
+            Err(StoreError::NotFound)
+        ));
+        let results = store
+            .record_outcomes(vec![complete(theirs, &leased.token)], scope.clone(), T0)
+            .await
+            .unwrap();
+        assert!(matches!(results[0], Err(StoreError::NotFound)));
+        assert_eq!(
+            store.get_job(theirs).await.unwrap().unwrap().state,
+            State::Running
+        );
+        store.cancel(mine, scope, T0).await.unwrap();
+        assert_eq!(
+            store.get_job(mine).await.unwrap().unwrap().state,
+            State::Cancelled
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! The values that cross the `Store` trait: requests and answers in domain terms, not SQL.
 
-use keel_core::{Job, Json, QueueConfig, QueueOverrides, State, Time};
+use keel_core::{Job, Json, QueueConfig, QueueOverrides, Role, Scope, State, Time};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -57,6 +57,8 @@ pub struct JobFilter {
     pub limit: usize,
     /// Only jobs with an id below this one (the previous page's last id).
     pub before: Option<Uuid>,
+    /// Only jobs in queues the scope allows (a scoped token's listing).
+    pub scope: Scope,
 }
 
 #[derive(Clone, Debug)]
@@ -112,4 +114,57 @@ pub struct ReplayFilter {
 pub struct Tick {
     /// When something will next be due (a scheduled job, a lease expiry, retention), if known.
     pub next_due: Option<Time>,
+}
+
+/// Who made a change; recorded with admin changes in the audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    /// The API token's id; `None` for the server itself or an unauthenticated local server.
+    pub token_id: Option<Uuid>,
+    pub name: String,
+}
+
+impl Actor {
+    /// Changes the server makes on its own behalf (bootstrap, `--no-auth` requests).
+    pub fn system(name: &str) -> Actor {
+        Actor {
+            token_id: None,
+            name: name.to_owned(),
+        }
+    }
+}
+
+/// An API token as stored: never the secret, only its hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub role: Role,
+    /// Queue glob patterns; `None` means every queue.
+    pub queues: Option<Vec<String>>,
+    /// `keel_core::access::api_token_hash` of the secret.
+    pub hash: String,
+    pub created_at: Time,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SchemaRecord {
+    pub kind: String,
+    pub schema: Json,
+    /// Starts at 1 and increases with each replacement.
+    pub version: i64,
+    pub updated_at: Time,
+}
+
+/// One admin change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub at: Time,
+    pub actor: Actor,
+    /// `token.created`, `queue.purged`, ... (docs/api.md lists them).
+    pub action: String,
+    /// What was changed: a token id, a queue name, a kind.
+    pub target: String,
+    pub data: serde_json::Value,
 }

@@ -500,3 +500,88 @@ pub fn retry_policy() -> keel_client::RetryPolicy {
         ..Default::default()
     }
 }
+
+pub async fn tokens_create(ctx: &Ctx, req: &keel_client::NewToken) -> Outcome {
+    let created = ctx.client.create_token(req).await?;
+    if ctx.json {
+        ctx.print_json(&created);
+    } else {
+        eprintln!(
+            "created {} token {} ({}); the secret is shown only now:",
+            created.info.role, created.info.name, created.info.id
+        );
+        println!("{}", created.token);
+    }
+    Ok(exit::OK)
+}
+
+pub async fn tokens_ls(ctx: &Ctx) -> Outcome {
+    let tokens = ctx.client.tokens().await?;
+    if ctx.json {
+        ctx.print_json(&tokens);
+        return Ok(exit::OK);
+    }
+    let now = render::now();
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                t.name.clone(),
+                t.role.clone(),
+                t.queues
+                    .as_ref()
+                    .map_or_else(|| "*".to_owned(), |q| q.join(",")),
+                relative(t.created_at, now),
+            ]
+        })
+        .collect();
+    render::table(
+        &ctx.style,
+        &["ID", "NAME", "ROLE", "QUEUES", "CREATED"],
+        &rows,
+    );
+    Ok(exit::OK)
+}
+
+pub async fn tokens_rm(ctx: &Ctx, id: uuid::Uuid) -> Outcome {
+    ctx.client.delete_token(id).await?;
+    if ctx.json {
+        ctx.print_json(&serde_json::json!({ "deleted": id }));
+    } else {
+        println!("revoked token {id}");
+    }
+    Ok(exit::OK)
+}
+
+pub async fn audit(ctx: &Ctx, limit: u32) -> Outcome {
+    let page = ctx.client.audit(limit.clamp(1, 500), None).await?;
+    if ctx.json {
+        ctx.print_json(&page.entries);
+        return Ok(exit::OK);
+    }
+    if page.entries.is_empty() {
+        println!("no admin changes recorded");
+        return Ok(exit::OK);
+    }
+    let now = render::now();
+    let rows: Vec<Vec<String>> = page
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                relative(e.at, now),
+                e.actor.name.clone(),
+                e.action.clone(),
+                e.target.clone(),
+                render::truncate(&e.data.to_string(), 60),
+            ]
+        })
+        .collect();
+    render::table(
+        &ctx.style,
+        &["WHEN", "BY", "ACTION", "TARGET", "DETAILS"],
+        &rows,
+    );
+    Ok(exit::OK)
+}

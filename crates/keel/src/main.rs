@@ -25,9 +25,17 @@ struct Cli {
     /// Server URL for client commands.
     #[arg(long, env = "KEEL_URL", global = true, default_value = keel_client::DEFAULT_URL)]
     url: String,
-    /// API token for client commands.
+    /// API token for client commands. Default for a loopback --url: <data-dir>/admin.token.
     #[arg(long, env = "KEEL_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// The server's data directory (`keel serve` keeps its database and admin.token there).
+    #[arg(
+        long,
+        env = "KEEL_DATA_DIR",
+        global = true,
+        default_value = "./keel-data"
+    )]
+    data_dir: std::path::PathBuf,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -59,6 +67,15 @@ enum Command {
     /// Dead-letter shortcuts.
     #[command(subcommand)]
     Dead(DeadCmd),
+    /// Create, list and revoke API tokens (admin).
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// Show the audit log of admin changes, newest first.
+    #[command(after_help = "Examples:\n  keel audit\n  keel audit --limit 200 --json")]
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  keel completions bash > /etc/bash_completion.d/keel\n  keel completions zsh > \"${fpath[1]}/_keel\""
@@ -201,6 +218,30 @@ enum DeadCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// Create a token and print its secret (shown this once).
+    #[command(
+        after_help = "Examples:\n  keel tokens create billing-api --role producer --queue 'billing.*'\n  keel tokens create mailer --role worker --queue emails --queue emails.bulk\n  keel tokens create dashboards --role viewer"
+    )]
+    Create {
+        name: String,
+        /// admin, producer, worker or viewer.
+        #[arg(long, value_parser = ["admin", "producer", "worker", "viewer"])]
+        role: String,
+        /// A queue glob pattern the token may use (repeatable; `*` matches any characters).
+        /// Without any, the token may use every queue.
+        #[arg(long = "queue")]
+        queues: Vec<String>,
+    },
+    /// List tokens (never their secrets).
+    #[command(after_help = "Example:\n  keel tokens ls --json")]
+    Ls,
+    /// Revoke a token at once.
+    #[command(after_help = "Example:\n  keel tokens rm 0195a1c2-7d3e-7000-8000-000000000000")]
+    Rm { id: uuid::Uuid },
+}
+
 /// A queue setting on the command line: a value, or `default`.
 #[derive(Clone)]
 enum Setting<T> {
@@ -295,7 +336,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Serve(args) => {
             init_logs(cli.log_format);
-            match runtime.block_on(serve::serve(args)) {
+            match runtime.block_on(serve::serve(args, &cli.data_dir)) {
                 Ok(()) => exit::OK,
                 Err(e) => {
                     eprintln!("keel: {e:#}");
@@ -309,8 +350,13 @@ fn main() -> ExitCode {
         }
         command => {
             let client = Client::builder(&cli.url).retry(commands::retry_policy());
+            let local_token = cli.data_dir.join(keel_client::ADMIN_TOKEN_FILE);
             let client = match cli.token {
                 Some(t) => client.token(t),
+                // A local server's admin token, never sent to another host.
+                None if keel_client::is_loopback_url(&cli.url) && local_token.exists() => {
+                    client.admin_token_from(&cli.data_dir)
+                }
                 None => client,
             };
             match client.build() {
@@ -397,6 +443,17 @@ async fn run(ctx: &Ctx, command: Command) -> commands::Outcome {
         Command::Dead(DeadCmd::Replay { queue, kind, limit }) => {
             commands::queues_replay(ctx, &queue, State::Dead, kind.as_deref(), limit).await
         }
+        Command::Tokens(TokensCmd::Create { name, role, queues }) => {
+            let req = keel_client::NewToken {
+                name,
+                role,
+                queues: (!queues.is_empty()).then_some(queues),
+            };
+            commands::tokens_create(ctx, &req).await
+        }
+        Command::Tokens(TokensCmd::Ls) => commands::tokens_ls(ctx).await,
+        Command::Tokens(TokensCmd::Rm { id }) => commands::tokens_rm(ctx, id).await,
+        Command::Audit { limit } => commands::audit(ctx, limit).await,
     }
 }
 

@@ -195,6 +195,13 @@ pub fn report(e: &Error) -> u8 {
         }
         other => eprintln!("keel: {other}"),
     }
+    if let Error::Problem(p) = e
+        && p.status == 401
+    {
+        eprintln!(
+            "  hint: pass --token or set KEEL_TOKEN; a server on this machine keeps its first admin token in <data-dir>/admin.token (--data-dir, KEEL_DATA_DIR)"
+        );
+    }
     match e {
         Error::Problem(p) if p.kind() == ProblemKind::NotFound => exit::NOT_FOUND,
         Error::Problem(p) if p.status >= 500 => exit::UNAVAILABLE,

@@ -1,7 +1,7 @@
 //! `keel serve`: open the store, bind, serve until SIGTERM or ctrl-c.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -11,43 +11,59 @@ use tokio::net::TcpListener;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel serve\n  keel serve --listen 127.0.0.1:9000 --data-dir /var/lib/keel\n  KEEL_DATA_DIR=/tmp/keel keel serve"
+    after_help = "Examples:\n  keel serve\n  keel serve --listen 0.0.0.0:8470 --data-dir /var/lib/keel\n  KEEL_DATA_DIR=/tmp/keel keel serve --no-auth\n\nOn first start keel creates an admin token, prints it once and writes it to <data-dir>/admin.token (mode 0600); client commands on this machine read it from there."
 )]
 pub struct ServeArgs {
-    /// Address to listen on. Until token auth exists, only loopback addresses are accepted.
+    /// Address to listen on.
     #[arg(long, env = "KEEL_LISTEN", default_value = "127.0.0.1:8470")]
     listen: SocketAddr,
-    /// Directory holding the database (created if missing).
-    #[arg(long, env = "KEEL_DATA_DIR", default_value = "./keel-data")]
-    data_dir: PathBuf,
+    /// Serve without tokens: every request acts as admin. Refused unless --listen is loopback.
+    #[arg(long, env = "KEEL_NO_AUTH")]
+    no_auth: bool,
+    /// Job API requests in flight at once; more are refused at once with 429 overloaded.
+    #[arg(long, env = "KEEL_MAX_IN_FLIGHT", default_value_t = 1024)]
+    max_in_flight: usize,
+    /// Requests per second each token may make (with --token-burst); off when not set.
+    #[arg(long, env = "KEEL_TOKEN_RATE_LIMIT")]
+    token_rate_limit: Option<u32>,
+    /// Requests a token may make at once above its rate (default: the rate).
+    #[arg(long, env = "KEEL_TOKEN_BURST", requires = "token_rate_limit")]
+    token_burst: Option<u32>,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "KEEL_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
 }
 
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() {
+pub async fn serve(args: ServeArgs, data_dir: &Path) -> anyhow::Result<()> {
+    if args.no_auth && !args.listen.ip().is_loopback() {
         bail!(
-            "--listen {} (KEEL_LISTEN) is not a loopback address; keel has no token auth yet, so it only \
-             listens on loopback (for example 127.0.0.1:8470)",
+            "--no-auth (KEEL_NO_AUTH) needs a loopback --listen address, got {}; without tokens anyone who can \
+             reach the port could do anything",
             args.listen
         );
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store =
-        SqliteStore::open(SqliteConfig::new(&args.data_dir), clock.now()).with_context(|| {
-            format!(
-                "opening the store in --data-dir {} (KEEL_DATA_DIR)",
-                args.data_dir.display()
-            )
-        })?;
+    let store = SqliteStore::open(SqliteConfig::new(data_dir), clock.now()).with_context(|| {
+        format!(
+            "opening the store in --data-dir {} (KEEL_DATA_DIR)",
+            data_dir.display()
+        )
+    })?;
+    if !args.no_auth {
+        bootstrap_admin_token(&store, data_dir, clock.now()).await?;
+    }
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding --listen {} (KEEL_LISTEN)", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    tracing::info!(message = "keel is serving.", %addr, data_dir = %args.data_dir.display());
+    tracing::info!(message = "keel is serving.", %addr, data_dir = %data_dir.display(), auth = !args.no_auth);
     let config = ServerConfig {
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
+        auth: !args.no_auth,
+        max_in_flight: args.max_in_flight,
+        token_rate_limit: args
+            .token_rate_limit
+            .map(|rate| (rate, args.token_burst.unwrap_or(rate))),
         ..Default::default()
     };
     keel_server::serve(
@@ -60,4 +76,45 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .await
     .context("serving")?;
     Ok(())
+}
+
+/// On a store without tokens, creates the first admin token, writes it to
+/// `<data-dir>/admin.token` (mode 0600, replaced atomically) and prints it once on stderr. The
+/// secret never reaches the logs.
+async fn bootstrap_admin_token(
+    store: &SqliteStore,
+    data_dir: &Path,
+    now: keel_core::Time,
+) -> anyhow::Result<()> {
+    let Some(secret) = keel_server::ensure_admin_token(store, now)
+        .await
+        .context("creating the first admin token")?
+    else {
+        return Ok(());
+    };
+    let path = data_dir.join(keel_client::ADMIN_TOKEN_FILE);
+    write_secret(&path, &secret)
+        .with_context(|| format!("writing the admin token to {}", path.display()))?;
+    tracing::info!(message = "Created the first admin token.", path = %path.display());
+    eprintln!(
+        "keel: created the first admin token. It is shown once here and kept in {} (mode 0600):\n\n    {secret}\n",
+        path.display()
+    );
+    Ok(())
+}
+
+fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("token.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

@@ -10,14 +10,42 @@ use serde_json::Value;
 mod common;
 use common::Keel;
 
-fn keel(url: &str, args: &[&str]) -> Output {
-    keel_stdin(url, args, "")
+/// Where a CLI call goes: a bare URL (no data dir, so no token), or a running server, whose
+/// admin token the CLI finds in its data dir as it would on the server's machine.
+trait Target {
+    fn url(&self) -> &str;
+    fn data_dir(&self) -> Option<&std::path::Path>;
 }
 
-fn keel_stdin(url: &str, args: &[&str], stdin: &str) -> Output {
+impl Target for str {
+    fn url(&self) -> &str {
+        self
+    }
+    fn data_dir(&self) -> Option<&std::path::Path> {
+        None
+    }
+}
+
+impl Target for Keel {
+    fn url(&self) -> &str {
+        &self.base
+    }
+    fn data_dir(&self) -> Option<&std::path::Path> {
+        Some(&self.data_dir)
+    }
+}
+
+fn keel(to: &(impl Target + ?Sized), args: &[&str]) -> Output {
+    keel_stdin(to, args, "")
+}
+
+fn keel_stdin(to: &(impl Target + ?Sized), args: &[&str], stdin: &str) -> Output {
+    let empty = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(args)
-        .env("KEEL_URL", url)
+        .env("KEEL_URL", to.url())
+        .env("KEEL_DATA_DIR", to.data_dir().unwrap_or(empty.path()))
+        .env_remove("KEEL_TOKEN")
         .env("NO_COLOR", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -48,7 +76,7 @@ fn code(out: &Output) -> i32 {
 fn enqueue_inspect_and_act_on_a_job() {
     let dir = tempfile::tempdir().unwrap();
     let server = Keel::start(dir.path());
-    let url = server.base.as_str();
+    let url = &server;
 
     let out = keel(
         url,
@@ -133,7 +161,7 @@ fn enqueue_inspect_and_act_on_a_job() {
 fn stdin_enqueue_uses_the_batch_api_and_names_bad_lines() {
     let dir = tempfile::tempdir().unwrap();
     let server = Keel::start(dir.path());
-    let url = server.base.as_str();
+    let url = &server;
     let lines: String = (0..2_500)
         .map(|i| format!("{{\"payload\":{{\"n\":{i}}}}}\n"))
         .collect();
@@ -164,7 +192,7 @@ fn stdin_enqueue_uses_the_batch_api_and_names_bad_lines() {
 fn exit_codes_say_what_went_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let server = Keel::start(dir.path());
-    let url = server.base.as_str();
+    let url = &server;
 
     let out = keel("http://127.0.0.1:1", &["queues", "ls"]);
     assert_eq!(code(&out), 3, "unreachable server");
@@ -230,6 +258,10 @@ fn every_subcommand_has_help_with_an_example_and_completions_exist() {
         vec!["dead", "ls"],
         vec!["dead", "replay"],
         vec!["completions"],
+        vec!["tokens", "create"],
+        vec!["tokens", "ls"],
+        vec!["tokens", "rm"],
+        vec!["audit"],
     ] {
         let mut full = args.clone();
         full.push("--help");
@@ -251,4 +283,96 @@ fn every_subcommand_has_help_with_an_example_and_completions_exist() {
             "{shell} completion mentions subcommands"
         );
     }
+}
+
+#[test]
+fn tokens_are_created_listed_scoped_and_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Keel::start(dir.path());
+    let url = server.base.as_str();
+
+    // Without a token (a bare URL, so no data dir to find one in): 401, exit 1, with a hint.
+    let out = keel(url, &["queues", "ls"]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        text(&out).1.contains("Unauthorized (401)") && text(&out).1.contains("admin.token"),
+        "{:?}",
+        text(&out)
+    );
+
+    // The admin (found through the data dir) creates a scoped producer token.
+    let out = keel(
+        &server,
+        &[
+            "tokens",
+            "create",
+            "billing-api",
+            "--role",
+            "producer",
+            "--queue",
+            "billing.*",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    let secret = text(&out).0.trim().to_owned();
+    assert!(secret.starts_with("keel_"), "{secret}");
+    let listed = keel(&server, &["tokens", "ls"]);
+    let (table, _) = text(&listed);
+    assert!(
+        table.contains("billing-api") && table.contains("producer") && table.contains("billing.*"),
+        "{table}"
+    );
+    assert!(!table.contains(&secret));
+
+    // The token enqueues in its queues and is refused elsewhere.
+    let ok = keel(
+        url,
+        &[
+            "--token",
+            &secret,
+            "enqueue",
+            "billing.invoices",
+            "invoice.send",
+        ],
+    );
+    assert_eq!(code(&ok), 0, "{:?}", text(&ok));
+    let refused = keel(url, &["--token", &secret, "enqueue", "hr.payroll", "pay"]);
+    assert_eq!(code(&refused), 1);
+    assert!(
+        text(&refused).1.contains("Forbidden (403)"),
+        "{:?}",
+        text(&refused)
+    );
+
+    // Revoked: refused at once.
+    let tokens: Value =
+        serde_json::from_slice(&keel(&server, &["tokens", "ls", "--json"]).stdout).unwrap();
+    let id = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "billing-api")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(code(&keel(&server, &["tokens", "rm", &id])), 0);
+    let out = keel(
+        url,
+        &[
+            "--token",
+            &secret,
+            "enqueue",
+            "billing.invoices",
+            "invoice.send",
+        ],
+    );
+    assert_eq!(code(&out), 1);
+    assert!(text(&out).1.contains("Unauthorized (401)"));
+
+    // The audit log shows both changes, newest first.
+    let (audit, _) = text(&keel(&server, &["audit"]));
+    let created = audit.find("token.created").unwrap();
+    let deleted = audit.find("token.deleted").unwrap();
+    assert!(deleted < created, "{audit}");
 }

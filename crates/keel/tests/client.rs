@@ -59,7 +59,7 @@ async fn wait_for(client: &Client, id: uuid::Uuid, states: &[State]) -> keel_cli
 async fn worker_runs_handlers_and_reports_every_kind_of_outcome() {
     let dir = tempfile::tempdir().unwrap();
     let keel = Keel::start(dir.path());
-    let client = Client::new(&keel.base).unwrap();
+    let client = keel.client();
     let flaky_calls = Arc::new(AtomicU32::new(0));
     let flaky = flaky_calls.clone();
     let worker = Worker::new(client.clone(), &["mail"])
@@ -178,7 +178,7 @@ async fn worker_runs_handlers_and_reports_every_kind_of_outcome() {
 async fn heartbeats_keep_a_long_job_alive_and_a_stuck_one_times_out() {
     let dir = tempfile::tempdir().unwrap();
     let keel = Keel::start(dir.path());
-    let client = Client::new(&keel.base).unwrap();
+    let client = keel.client();
     let worker = Worker::new(client.clone(), &["slow"])
         .lease(Duration::from_millis(300))
         .poll_wait(Duration::from_millis(500))
@@ -233,7 +233,7 @@ async fn heartbeats_keep_a_long_job_alive_and_a_stuck_one_times_out() {
 async fn graceful_shutdown_fails_unfinished_jobs_back_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let keel = Keel::start(dir.path());
-    let client = Client::new(&keel.base).unwrap();
+    let client = keel.client();
     let (started_tx, started_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let worker = Worker::new(client.clone(), &["q"])
         .grace(Duration::from_millis(300))
@@ -284,7 +284,7 @@ async fn enqueue_retries_through_a_crash_and_restart_without_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let keel = Keel::start(dir.path());
     let addr = keel.addr.clone();
-    let client = Client::new(&keel.base).unwrap();
+    let client = keel.client();
     let mut tasks = vec![];
     for t in 0..8 {
         let client = client.clone();
@@ -335,7 +335,7 @@ async fn enqueue_retries_through_a_crash_and_restart_without_duplicates() {
 async fn problems_come_back_as_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
     let keel = Keel::start(dir.path());
-    let client = Client::new(&keel.base).unwrap();
+    let client = keel.client();
     let err = client.get_job(uuid::Uuid::now_v7()).await.unwrap_err();
     assert!(err.is(ProblemKind::NotFound), "{err}");
     let err = client

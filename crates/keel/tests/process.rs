@@ -26,10 +26,6 @@ async fn post(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acknowledged_job() {
     let dir = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
     // key -> job id, for every enqueue the server acknowledged (2xx).
     let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     // job ids whose completion the server acknowledged.
@@ -39,6 +35,7 @@ async fn kill_9_under_load_loses_no_acknowledged_job() {
     for round in 0..4 {
         let keel = Keel::start(dir.path());
         let base = keel.base.clone();
+        let http = keel.http(Duration::from_secs(10));
         let mut tasks = vec![];
         for p in 0..6 {
             let (http, base, acked) = (http.clone(), base.clone(), acked.clone());
@@ -95,6 +92,7 @@ async fn kill_9_under_load_loses_no_acknowledged_job() {
     );
     let keel = Keel::start(dir.path());
     let base = keel.base.clone();
+    let http = keel.http(Duration::from_secs(10));
     for (key, id) in &acked {
         let res = http
             .get(format!("{base}/v1/jobs/{id}"))
@@ -204,19 +202,57 @@ async fn kill_9_under_load_loses_no_acknowledged_job() {
 }
 
 #[test]
-fn non_loopback_listener_is_refused() {
+fn no_auth_is_refused_on_a_non_loopback_listener() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .args(["serve", "--no-auth", "--listen", "0.0.0.0:0", "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("loopback") && stderr.contains("--listen"),
+        stderr.contains("loopback") && stderr.contains("--no-auth"),
         "{stderr}"
     );
+    assert!(!dir.path().join("admin.token").exists());
+}
+
+#[tokio::test]
+async fn first_start_creates_one_admin_token_file_readable_only_by_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let keel = Keel::start(dir.path());
+    let path = dir.path().join("admin.token");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(keel.token.starts_with("keel_") && keel.token.len() == 69);
+    // The token works; no token does not.
+    let anon = reqwest::Client::new();
+    let res = anon
+        .get(format!("{}/v1/jobs", keel.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = keel
+        .http(Duration::from_secs(5))
+        .get(format!("{}/v1/jobs", keel.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // A restart keeps the token and does not make another.
+    let first = keel.token.clone();
+    assert!(keel.terminate().success());
+    let keel = Keel::start(dir.path());
+    assert_eq!(keel.token, first);
+    let tokens = keel.client().tokens().await.unwrap();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0].role, "admin");
+    let logs = keel.logs.lock().unwrap().join("\n");
+    assert!(logs.contains("keel is serving."));
+    assert!(!logs.contains(&first[5..]), "the secret reached the logs");
 }
 
 #[test]

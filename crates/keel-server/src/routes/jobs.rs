@@ -11,6 +11,7 @@ use keel_store::{JobFilter, StoreError};
 use serde_json::json;
 
 use crate::AppState;
+use crate::auth::{Caller, Need};
 use crate::extract::{Body, job_id};
 use crate::problem::ApiError;
 use crate::wire::{BatchBody, EnqueueBody, check_idempotency_key};
@@ -28,9 +29,11 @@ const MAX_LIMIT: i64 = 500;
 
 pub(crate) async fn enqueue(
     State(st): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     Body(mut body): Body<EnqueueBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Need::Enqueue)?;
     let mut errors = vec![];
     if let Some(value) = headers.get("idempotency-key") {
         let key = value.to_str().unwrap_or("").to_owned();
@@ -47,6 +50,7 @@ pub(crate) async fn enqueue(
     let Some(new) = new.filter(|_| errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
+    caller.require_queue(Need::Enqueue, &new.queue)?;
     let mut out = st
         .store
         .enqueue(vec![new], st.clock.now())
@@ -83,9 +87,11 @@ pub(crate) async fn enqueue(
 
 pub(crate) async fn enqueue_batch(
     State(st): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     Body(body): Body<BatchBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Need::Enqueue)?;
     if headers.contains_key("idempotency-key") {
         return Err(ApiError::field(
             "",
@@ -109,6 +115,9 @@ pub(crate) async fn enqueue_batch(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
+    for job in &jobs {
+        caller.require_queue(Need::Enqueue, &job.queue)?;
+    }
     let out = st.store.enqueue(jobs, st.clock.now()).await?;
     let jobs: Vec<_> = out.iter().map(|e| &e.job).collect();
     tracing::info!(
@@ -128,10 +137,17 @@ pub(crate) async fn enqueue_batch(
 
 pub(crate) async fn get(
     State(st): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    caller.require(Need::ReadJobs)?;
     let id = job_id(&id)?;
-    match st.store.get_job(id).await? {
+    match st
+        .store
+        .get_job(id)
+        .await?
+        .filter(|j| caller.sees(&j.queue))
+    {
         Some(job) => Ok(Json(job).into_response()),
         None => Err(ApiError::NotFound(format!("no job has id {id}"))),
     }
@@ -139,9 +155,20 @@ pub(crate) async fn get(
 
 pub(crate) async fn events(
     State(st): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    caller.require(Need::ReadJobs)?;
     let id = job_id(&id)?;
+    // A job's queue never changes, so checking the current row covers its whole history; once
+    // the row is gone (purged, retention), only an unscoped caller may read the leftovers.
+    let visible = match st.store.get_job(id).await? {
+        Some(job) => caller.sees(&job.queue),
+        None => caller.scope() == keel_core::Scope::All,
+    };
+    if !visible {
+        return Err(ApiError::NotFound(format!("no job has id {id}")));
+    }
     match st.store.job_events(id).await? {
         Some(events) => {
             let events: Vec<_> = events
@@ -163,8 +190,10 @@ pub(crate) async fn events(
 
 pub(crate) async fn list(
     State(st): State<AppState>,
+    caller: Caller,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    caller.require(Need::ReadJobs)?;
     let Query(params) = query.map_err(|e| ApiError::field("", format!("bad query string: {e}")))?;
     let mut filter = JobFilter {
         limit: DEFAULT_LIMIT as usize,
@@ -211,6 +240,10 @@ pub(crate) async fn list(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
+    if let Some(q) = &filter.queue {
+        caller.require_queue(Need::ReadJobs, q)?;
+    }
+    filter.scope = caller.scope();
     let page = st.store.list_jobs(filter).await?;
     let jobs: Vec<_> = page.jobs.iter().collect();
     Ok(Json(JobsView {
@@ -222,20 +255,24 @@ pub(crate) async fn list(
 
 pub(crate) async fn cancel(
     State(st): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    caller.require(Need::CancelJobs)?;
     let id = job_id(&id)?;
-    let job = st.store.cancel(id, st.clock.now()).await?;
+    let job = st.store.cancel(id, caller.scope(), st.clock.now()).await?;
     tracing::info!(message = "Job cancelled.", job_id = %job.id, queue = %job.queue);
     Ok(Json(job).into_response())
 }
 
 pub(crate) async fn retry(
     State(st): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    caller.require(Need::RetryJobs)?;
     let id = job_id(&id)?;
-    let job = st.store.retry(id, st.clock.now()).await?;
+    let job = st.store.retry(id, caller.scope(), st.clock.now()).await?;
     tracing::info!(message = "Job retried.", job_id = %job.id, queue = %job.queue);
     Ok(Json(job).into_response())
 }

@@ -1,5 +1,6 @@
 //! The route table and the middleware around it. Each handler module owns one area of API.md.
 
+mod admin;
 mod health;
 mod jobs;
 mod queues;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, Response};
+use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -18,11 +20,18 @@ use tower_http::trace::TraceLayer;
 use tracing::Span;
 
 use crate::AppState;
+use crate::auth::authenticate;
+use crate::limit::{Budget, shed};
 use crate::problem::ApiError;
+
+/// Health endpoints' own budget: they stay answerable while the job API sheds load.
+const OPS_BUDGET: usize = 64;
 
 pub(crate) fn router(state: AppState) -> Router {
     let body_limit = state.config.limits.max_body_bytes;
-    Router::new()
+    // The job API: shed (outermost) → authenticate → handler. `route_layer` keeps unmatched
+    // paths out of both, so a 404 costs nothing and needs no token.
+    let api = Router::new()
         .route("/v1/jobs", post(jobs::enqueue).get(jobs::list))
         .route("/v1/jobs/batch", post(jobs::enqueue_batch))
         .route("/v1/jobs/{id}", get(jobs::get))
@@ -40,8 +49,27 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/queues/{name}/resume", post(queues::resume))
         .route("/v1/queues/{name}/replay", post(queues::replay))
         .route("/v1/queues/{name}/purge", post(queues::purge))
+        .route(
+            "/v1/tokens",
+            post(admin::create_token).get(admin::list_tokens),
+        )
+        .route(
+            "/v1/tokens/{id}",
+            axum::routing::delete(admin::delete_token),
+        )
+        .route("/v1/audit", get(admin::audit))
+        .route_layer(from_fn_with_state(state.clone(), authenticate))
+        .route_layer(from_fn_with_state(
+            Budget::new(state.config.max_in_flight),
+            shed,
+        ));
+    let ops = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route_layer(from_fn_with_state(Budget::new(OPS_BUDGET), shed));
+    Router::new()
+        .merge(api)
+        .merge(ops)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

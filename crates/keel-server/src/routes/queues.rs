@@ -9,6 +9,7 @@ use keel_store::ReplayFilter;
 use serde_json::json;
 
 use crate::AppState;
+use crate::auth::{Caller, Need};
 use crate::extract::Body;
 use crate::problem::ApiError;
 use crate::wire::{PurgeBody, QueuePatch, QueueView, ReplayBody, parse_state};
@@ -32,12 +33,14 @@ fn existing_name(name: &str) -> Result<&str, ApiError> {
     check_name(name).map(|()| name).map_err(|_| no_queue(name))
 }
 
-pub(crate) async fn list(State(st): State<AppState>) -> Result<Response, ApiError> {
+pub(crate) async fn list(State(st): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Need::ReadQueues)?;
     let queues: Vec<QueueView> = st
         .store
         .queues(st.clock.now())
         .await?
         .into_iter()
+        .filter(|q| caller.sees(&q.name))
         .map(Into::into)
         .collect();
     Ok(Json(queues).into_response())
@@ -45,9 +48,11 @@ pub(crate) async fn list(State(st): State<AppState>) -> Result<Response, ApiErro
 
 pub(crate) async fn get(
     State(st): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let name = existing_name(&name)?;
+    caller.require_queue(Need::ReadQueues, name)?;
     match st.store.queue(name, st.clock.now()).await? {
         Some(q) => Ok(Json(QueueView::from(q)).into_response()),
         None => Err(no_queue(name)),
@@ -56,9 +61,11 @@ pub(crate) async fn get(
 
 pub(crate) async fn put(
     State(st): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     Body(patch): Body<QueuePatch>,
 ) -> Result<Response, ApiError> {
+    caller.require(Need::ConfigureQueues)?;
     if let Err(m) = check_name(&name) {
         return Err(ApiError::field(
             "",
@@ -73,16 +80,25 @@ pub(crate) async fn put(
         .map(|q| q.overrides)
         .unwrap_or_else(QueueOverrides::default);
     let overrides = patch.apply(current).map_err(ApiError::Validation)?;
-    let q = st.store.configure_queue(&name, overrides, now).await?;
+    let q = st
+        .store
+        .configure_queue(&name, overrides, &caller.actor(), now)
+        .await?;
     tracing::info!(message = "Queue configured.", queue = %name);
     Ok(Json(QueueView::from(q)).into_response())
 }
 
-async fn set_paused(st: AppState, name: String, paused: bool) -> Result<Response, ApiError> {
+async fn set_paused(
+    st: AppState,
+    caller: Caller,
+    name: String,
+    paused: bool,
+) -> Result<Response, ApiError> {
+    caller.require(Need::ConfigureQueues)?;
     let name = existing_name(&name)?;
     let q = st
         .store
-        .set_paused(name, paused, st.clock.now())
+        .set_paused(name, paused, &caller.actor(), st.clock.now())
         .await
         .map_err(queue_error(name))?;
     tracing::info!(message = if paused { "Queue paused." } else { "Queue resumed." }, queue = %name);
@@ -91,23 +107,27 @@ async fn set_paused(st: AppState, name: String, paused: bool) -> Result<Response
 
 pub(crate) async fn pause(
     State(st): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    set_paused(st, name, true).await
+    set_paused(st, caller, name, true).await
 }
 
 pub(crate) async fn resume(
     State(st): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    set_paused(st, name, false).await
+    set_paused(st, caller, name, false).await
 }
 
 pub(crate) async fn replay(
     State(st): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     Body(body): Body<ReplayBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Need::ConfigureQueues)?;
     let name = existing_name(&name)?;
     let mut errors: Vec<FieldError> = vec![];
     let state = parse_state(
@@ -134,7 +154,7 @@ pub(crate) async fn replay(
     };
     let n = st
         .store
-        .replay(name, filter, st.clock.now())
+        .replay(name, filter, &caller.actor(), st.clock.now())
         .await
         .map_err(queue_error(name))?;
     tracing::info!(message = "Queue replayed.", queue = %name, replayed = n);
@@ -143,9 +163,11 @@ pub(crate) async fn replay(
 
 pub(crate) async fn purge(
     State(st): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     Body(body): Body<PurgeBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Need::ConfigureQueues)?;
     let name = existing_name(&name)?;
     let allowed = [
         JobState::Dead,
@@ -157,7 +179,7 @@ pub(crate) async fn purge(
         parse_state(&body.state, "/state", &allowed).map_err(|e| ApiError::Validation(vec![e]))?;
     let n = st
         .store
-        .purge(name, state, st.clock.now())
+        .purge(name, state, &caller.actor(), st.clock.now())
         .await
         .map_err(queue_error(name))?;
     tracing::info!(message = "Queue purged.", queue = %name, state = %state, purged = n);

@@ -10,8 +10,10 @@ use keel_store::{LeaseRequest, Outcome, OutcomeKind, StoreError};
 use serde_json::json;
 
 use crate::AppState;
+use crate::auth::{Caller, Need};
 use crate::dispatch::lease_with_wait;
 use crate::extract::{Body, job_id};
+use crate::limit::InFlight;
 use crate::problem::ApiError;
 use crate::wire::{
     AckBody, AckOutcome, CompleteBody, ErrorBody, FailBody, HeartbeatBody, LeaseBody,
@@ -24,8 +26,11 @@ const MAX_WORKER_LEN: usize = 255;
 
 pub(crate) async fn lease(
     State(st): State<AppState>,
+    caller: Caller,
+    in_flight: Option<axum::Extension<InFlight>>,
     Body(body): Body<LeaseBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Need::Work)?;
     let mut errors = vec![];
     if body.queues.is_empty() || body.queues.len() > MAX_QUEUES_PER_LEASE {
         errors.push(FieldError::new(
@@ -58,13 +63,25 @@ pub(crate) async fn lease(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
+    for q in &body.queues {
+        caller.require_queue(Need::Work, q)?;
+    }
     let req = LeaseRequest {
         queues: body.queues,
         max_jobs: max_jobs as usize,
         lease_ms: body.lease_ms,
         worker: body.worker,
     };
-    let leased = lease_with_wait(&*st.store, &*st.clock, req, wait_ms, st.stopping.clone()).await?;
+    let in_flight = in_flight.map(|e| e.0);
+    let leased = lease_with_wait(
+        &*st.store,
+        &*st.clock,
+        req,
+        wait_ms,
+        st.stopping.clone(),
+        in_flight.as_ref(),
+    )
+    .await?;
     for l in &leased {
         tracing::info!(message = "Job leased.", job_id = %l.job.id, queue = %l.job.queue, kind = %l.job.kind, attempt = l.job.attempt);
     }
@@ -74,9 +91,11 @@ pub(crate) async fn lease(
 
 pub(crate) async fn heartbeat(
     State(st): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     Body(body): Body<HeartbeatBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Need::Work)?;
     let id = job_id(&id)?;
     let lease_ms = match body.lease_ms {
         Some(ms) => {
@@ -88,23 +107,36 @@ pub(crate) async fn heartbeat(
             ms
         }
         // Without lease_ms, extend by the job's timeout, as a lease does.
-        None => match st.store.get_job(id).await? {
+        None => match st
+            .store
+            .get_job(id)
+            .await?
+            .filter(|j| caller.sees(&j.queue))
+        {
             Some(job) => job.timeout_ms,
             None => return Err(ApiError::NotFound(format!("no job has id {id}"))),
         },
     };
     let expires_at = st
         .store
-        .heartbeat(id, body.lease_token, lease_ms, st.clock.now())
+        .heartbeat(
+            id,
+            body.lease_token,
+            lease_ms,
+            caller.scope(),
+            st.clock.now(),
+        )
         .await?;
     Ok(Json(json!({ "expires_at": expires_at })).into_response())
 }
 
 pub(crate) async fn complete(
     State(st): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     Body(body): Body<CompleteBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Need::Work)?;
     let id = job_id(&id)?;
     let result = optional_json(body.result, "/result", st.config.limits.max_result_bytes)
         .map_err(|e| ApiError::Validation(vec![e]))?;
@@ -113,14 +145,16 @@ pub(crate) async fn complete(
         token: body.lease_token,
         kind: OutcomeKind::Completed { result },
     };
-    single_outcome(&st, outcome).await
+    single_outcome(&st, &caller, outcome).await
 }
 
 pub(crate) async fn fail(
     State(st): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     Body(body): Body<FailBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Need::Work)?;
     let id = job_id(&id)?;
     let mut errors = vec![];
     let kind = failure(body.error, body.retry_in_ms, "", &mut errors);
@@ -129,6 +163,7 @@ pub(crate) async fn fail(
     }
     single_outcome(
         &st,
+        &caller,
         Outcome {
             id,
             token: body.lease_token,
@@ -138,10 +173,14 @@ pub(crate) async fn fail(
     .await
 }
 
-async fn single_outcome(st: &AppState, outcome: Outcome) -> Result<Response, ApiError> {
+async fn single_outcome(
+    st: &AppState,
+    caller: &Caller,
+    outcome: Outcome,
+) -> Result<Response, ApiError> {
     let mut results = st
         .store
-        .record_outcomes(vec![outcome], st.clock.now())
+        .record_outcomes(vec![outcome], caller.scope(), st.clock.now())
         .await?;
     let job = results
         .pop()
@@ -182,8 +221,10 @@ fn failure(
 
 pub(crate) async fn ack(
     State(st): State<AppState>,
+    caller: Caller,
     Body(body): Body<AckBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Need::Work)?;
     let max = st.config.limits.max_batch;
     if body.items.is_empty() || body.items.len() > max {
         return Err(ApiError::field(
@@ -247,7 +288,10 @@ pub(crate) async fn ack(
         return Err(ApiError::Validation(errors));
     }
     let ids: Vec<_> = outcomes.iter().map(|o| o.id).collect();
-    let results = st.store.record_outcomes(outcomes, st.clock.now()).await?;
+    let results = st
+        .store
+        .record_outcomes(outcomes, caller.scope(), st.clock.now())
+        .await?;
     let items: Vec<AckItemResult> = ids
         .into_iter()
         .zip(results)

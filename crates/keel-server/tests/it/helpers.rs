@@ -13,7 +13,10 @@ use tokio::sync::oneshot;
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Sends the bootstrap admin token with every request.
     pub http: reqwest::Client,
+    /// The bootstrap admin token (None with auth off).
+    pub admin_token: Option<String>,
     pub store: Arc<dyn Store>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -35,6 +38,20 @@ impl TestServer {
             )
             .unwrap(),
         );
+        let admin_token = if config.auth {
+            keel_server::ensure_admin_token(&*store, keel_server::Clock::now(&*clock))
+                .await
+                .unwrap()
+        } else {
+            None
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = &admin_token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().unwrap(),
+            );
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -49,7 +66,11 @@ impl TestServer {
         ));
         TestServer {
             addr,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap(),
+            admin_token,
             store,
             stop: Some(stop),
             task: Some(task),
@@ -144,6 +165,48 @@ impl TestServer {
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
         }
+    }
+}
+
+impl TestServer {
+    /// Sends a request with `token` (or none) and returns the status, the body as JSON (Null when
+    /// empty) and the headers; asserts nothing.
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let mut req = reqwest::Client::new().request(method.parse().unwrap(), self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+            headers,
+        )
+    }
+
+    /// Creates a token through the API (as the admin) and returns (id, secret).
+    pub async fn token(&self, role: &str, queues: Option<&[&str]>) -> (String, String) {
+        let mut body = json!({"name": format!("{role}-token"), "role": role});
+        if let Some(q) = queues {
+            body["queues"] = json!(q);
+        }
+        let t = self.post("/v1/tokens", body, 201).await;
+        (
+            t["id"].as_str().unwrap().to_owned(),
+            t["token"].as_str().unwrap().to_owned(),
+        )
     }
 }
 

@@ -5,6 +5,7 @@
 //! run beside the writer, and since writes answer only after commit, a read that follows an
 //! acknowledged write sees it.
 
+mod access;
 mod index;
 mod rows;
 mod schema;
@@ -15,16 +16,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use async_trait::async_trait;
-use keel_core::{Event, Job, NewJob, QueueConfig, QueueOverrides, State, Time};
+use keel_core::{Event, Job, Json, NewJob, QueueConfig, QueueOverrides, Scope, State, Time};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use self::rows::{JOB_COLUMNS, event_from_row, job_from_row, state_col};
-use self::writer::{JobCommand, Request, Writer};
+use self::writer::{JobCommand, Request, Step, Writer, answer};
 use crate::types::{
-    Counts, Enqueued, JobFilter, JobPage, LeaseRequest, LeasedJob, Outcome, QueueInfo,
-    ReplayFilter, Tick,
+    Actor, AuditEntry, Counts, Enqueued, JobFilter, JobPage, LeaseRequest, LeasedJob, Outcome,
+    QueueInfo, ReplayFilter, SchemaRecord, Tick, TokenRecord,
 };
 use crate::{Store, StoreError};
 
@@ -119,6 +120,34 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
     }
 
+    /// Runs `f` on the writer inside a group transaction and returns its answer after commit.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Writer) -> Step<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.call(|reply| {
+            Request::Call(Box::new(move |w: &mut Writer| {
+                let r = w.guard(f);
+                answer(reply, r)
+            }))
+        })
+        .await
+    }
+
+    /// Records an admin change made in several transactions (replay and purge work in chunks).
+    async fn audit_after(
+        &self,
+        actor: &Actor,
+        action: &'static str,
+        target: &str,
+        data: serde_json::Value,
+        now: Time,
+    ) -> Result<(), StoreError> {
+        let (actor, target) = (actor.clone(), target.to_owned());
+        self.run(move |w| Ok(Ok(w.audit(&actor, action, &target, &data, now)?)))
+            .await
+    }
+
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -187,12 +216,14 @@ impl Store for SqliteStore {
         id: Uuid,
         token: String,
         lease_ms: i64,
+        scope: Scope,
         now: Time,
     ) -> Result<Time, StoreError> {
         let job = self
             .call(|reply| Request::Apply {
                 id,
                 cmd: JobCommand::Heartbeat { token, lease_ms },
+                scope,
                 now,
                 reply,
             })
@@ -205,26 +236,34 @@ impl Store for SqliteStore {
     async fn record_outcomes(
         &self,
         items: Vec<Outcome>,
+        scope: Scope,
         now: Time,
     ) -> Result<Vec<Result<Job, StoreError>>, StoreError> {
-        self.call(|reply| Request::Outcomes { items, now, reply })
-            .await
-    }
-
-    async fn cancel(&self, id: Uuid, now: Time) -> Result<Job, StoreError> {
-        self.call(|reply| Request::Apply {
-            id,
-            cmd: JobCommand::Cancel,
+        self.call(|reply| Request::Outcomes {
+            items,
+            scope,
             now,
             reply,
         })
         .await
     }
 
-    async fn retry(&self, id: Uuid, now: Time) -> Result<Job, StoreError> {
+    async fn cancel(&self, id: Uuid, scope: Scope, now: Time) -> Result<Job, StoreError> {
+        self.call(|reply| Request::Apply {
+            id,
+            cmd: JobCommand::Cancel,
+            scope,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    async fn retry(&self, id: Uuid, scope: Scope, now: Time) -> Result<Job, StoreError> {
         self.call(|reply| Request::Apply {
             id,
             cmd: JobCommand::Retry,
+            scope,
             now,
             reply,
         })
@@ -244,24 +283,35 @@ impl Store for SqliteStore {
         let limit = filter.limit.max(1);
         let mut jobs = self
             .read(move |conn| {
+                // A scope becomes `queue GLOB ?` terms: its patterns use only name characters and
+                // `*`, for which SQLite's GLOB and `keel_core::access::glob_match` agree.
+                let scope_sql = match filter.scope.patterns() {
+                    None => String::new(),
+                    Some(p) => format!(
+                        " AND ({})",
+                        (0..p.len()).map(|i| format!("queue GLOB ?{}", 7 + i)).collect::<Vec<_>>().join(" OR ")
+                    ),
+                };
                 let sql = format!(
                     "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR state = ?2) \
                      AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR id < ?4) \
-                     AND (?5 IS NULL OR EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?5)) \
+                     AND (?5 IS NULL OR EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?5)){scope_sql} \
                      ORDER BY id DESC LIMIT ?6"
                 );
                 let mut stmt = conn.prepare_cached(&sql)?;
-                let rows = stmt.query_map(
-                    params![
-                        filter.queue,
-                        filter.state.map(State::as_str),
-                        filter.kind,
-                        filter.before.map(|u| u.into_bytes()),
-                        filter.tag,
-                        (limit + 1) as i64
-                    ],
-                    job_from_row,
-                )?;
+                let fixed = params![
+                    filter.queue,
+                    filter.state.map(State::as_str),
+                    filter.kind,
+                    filter.before.map(|u| u.into_bytes()),
+                    filter.tag,
+                    (limit + 1) as i64
+                ];
+                let mut all: Vec<&dyn rusqlite::ToSql> = fixed.to_vec();
+                for p in filter.scope.patterns().unwrap_or_default() {
+                    all.push(p);
+                }
+                let rows = stmt.query_map(all.as_slice(), job_from_row)?;
                 rows.collect::<rusqlite::Result<Vec<Job>>>()
             })
             .await?;
@@ -307,14 +357,18 @@ impl Store for SqliteStore {
         &self,
         name: &str,
         overrides: QueueOverrides,
+        actor: &Actor,
         now: Time,
     ) -> Result<QueueInfo, StoreError> {
-        let name = name.to_owned();
-        self.call(|reply| Request::ConfigureQueue {
-            name: name.clone(),
-            overrides,
-            now,
-            reply,
+        let (name, actor) = (name.to_owned(), actor.clone());
+        let target = name.clone();
+        self.run(move |w| {
+            let data = serde_json::to_value(&overrides).unwrap_or_default();
+            if let Err(e) = w.configure_queue(&target, overrides, now)? {
+                return Ok(Err(e));
+            }
+            w.audit(&actor, "queue.configured", &target, &data, now)?;
+            Ok(Ok(()))
         })
         .await?;
         self.queue(&name, now).await?.ok_or(StoreError::NotFound)
@@ -324,14 +378,22 @@ impl Store for SqliteStore {
         &self,
         name: &str,
         paused: bool,
+        actor: &Actor,
         now: Time,
     ) -> Result<QueueInfo, StoreError> {
-        let name = name.to_owned();
-        self.call(|reply| Request::SetPaused {
-            name: name.clone(),
-            paused,
-            now,
-            reply,
+        let (name, actor) = (name.to_owned(), actor.clone());
+        let target = name.clone();
+        self.run(move |w| {
+            if let Err(e) = w.set_paused(&target, paused, now)? {
+                return Ok(Err(e));
+            }
+            let action = if paused {
+                "queue.paused"
+            } else {
+                "queue.resumed"
+            };
+            w.audit(&actor, action, &target, &serde_json::json!({}), now)?;
+            Ok(Ok(()))
         })
         .await?;
         self.queue(&name, now).await?.ok_or(StoreError::NotFound)
@@ -341,6 +403,7 @@ impl Store for SqliteStore {
         &self,
         queue: &str,
         filter: ReplayFilter,
+        actor: &Actor,
         now: Time,
     ) -> Result<u64, StoreError> {
         let mut total = 0u64;
@@ -351,40 +414,94 @@ impl Store for SqliteStore {
                 ..filter.clone()
             };
             let want = chunk.limit;
-            let n = self
-                .call(|reply| Request::Replay {
-                    queue: queue.to_owned(),
-                    filter: chunk,
-                    now,
-                    reply,
-                })
-                .await?;
+            let q = queue.to_owned();
+            let n = self.run(move |w| w.replay(&q, &chunk, now)).await?;
             total += n;
             left -= want;
             if (n as usize) < want {
                 break;
             }
         }
+        let data = serde_json::json!({"state": filter.state, "kind": filter.kind, "limit": filter.limit, "replayed": total});
+        self.audit_after(actor, "queue.replayed", queue, data, now)
+            .await?;
         Ok(total)
     }
 
-    async fn purge(&self, queue: &str, state: State, now: Time) -> Result<u64, StoreError> {
+    async fn purge(
+        &self,
+        queue: &str,
+        state: State,
+        actor: &Actor,
+        now: Time,
+    ) -> Result<u64, StoreError> {
         let mut total = 0u64;
         loop {
-            let n = self
-                .call(|reply| Request::Purge {
-                    queue: queue.to_owned(),
-                    state,
-                    limit: CHUNK,
-                    now,
-                    reply,
-                })
-                .await?;
+            let q = queue.to_owned();
+            let n = self.run(move |w| w.purge(&q, state, CHUNK, now)).await?;
             total += n;
             if (n as usize) < CHUNK {
-                return Ok(total);
+                break;
             }
         }
+        let data = serde_json::json!({"state": state, "purged": total});
+        self.audit_after(actor, "queue.purged", queue, data, now)
+            .await?;
+        Ok(total)
+    }
+
+    async fn create_token(
+        &self,
+        token: TokenRecord,
+        actor: &Actor,
+        now: Time,
+    ) -> Result<(), StoreError> {
+        let actor = actor.clone();
+        self.run(move |w| w.create_token(&token, &actor, now)).await
+    }
+
+    async fn delete_token(
+        &self,
+        id: Uuid,
+        actor: &Actor,
+        now: Time,
+    ) -> Result<TokenRecord, StoreError> {
+        let actor = actor.clone();
+        self.run(move |w| w.delete_token(id, &actor, now)).await
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read(access::read_tokens).await
+    }
+
+    async fn put_schema(
+        &self,
+        kind: &str,
+        schema: Json,
+        actor: &Actor,
+        now: Time,
+    ) -> Result<SchemaRecord, StoreError> {
+        let (kind, actor) = (kind.to_owned(), actor.clone());
+        self.run(move |w| w.put_schema(&kind, &schema, &actor, now))
+            .await
+    }
+
+    async fn delete_schema(&self, kind: &str, actor: &Actor, now: Time) -> Result<(), StoreError> {
+        let (kind, actor) = (kind.to_owned(), actor.clone());
+        self.run(move |w| w.delete_schema(&kind, &actor, now)).await
+    }
+
+    async fn schemas(&self) -> Result<Vec<SchemaRecord>, StoreError> {
+        self.read(access::read_schemas).await
+    }
+
+    async fn audit_log(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.read(move |conn| access::read_audit(conn, before, limit))
+            .await
     }
 
     async fn tick(&self, now: Time) -> Result<Tick, StoreError> {

@@ -4,7 +4,10 @@
 use rusqlite::Connection;
 
 /// Ordered migrations; a migration is never edited once released, only appended.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_initial.sql")),
+    (2, include_str!("migrations/0002_access.sql")),
+];
 
 pub(crate) fn migrate(conn: &mut Connection, now_ms: i64) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

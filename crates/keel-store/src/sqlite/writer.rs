@@ -13,7 +13,7 @@ use std::sync::mpsc::Receiver;
 
 use keel_core::lease::token_hash;
 use keel_core::{
-    Command, EventData, Failure, Job, NewJob, QueueConfig, QueueOverrides, State, Time, step,
+    Command, EventData, Failure, Job, NewJob, QueueConfig, QueueOverrides, Scope, State, Time, step,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
@@ -40,39 +40,19 @@ pub(crate) enum Request {
     Apply {
         id: Uuid,
         cmd: JobCommand,
+        scope: Scope,
         now: Time,
         reply: Reply<Job>,
     },
     Outcomes {
         items: Vec<Outcome>,
+        scope: Scope,
         now: Time,
         reply: Reply<Vec<Result<Job, StoreError>>>,
     },
-    ConfigureQueue {
-        name: String,
-        overrides: QueueOverrides,
-        now: Time,
-        reply: Reply<()>,
-    },
-    SetPaused {
-        name: String,
-        paused: bool,
-        now: Time,
-        reply: Reply<()>,
-    },
-    Replay {
-        queue: String,
-        filter: ReplayFilter,
-        now: Time,
-        reply: Reply<u64>,
-    },
-    Purge {
-        queue: String,
-        state: State,
-        limit: usize,
-        now: Time,
-        reply: Reply<u64>,
-    },
+    /// Any other change: runs on the writer inside the group's transaction (admin changes,
+    /// tokens, schemas). The closure answers its caller through the returned `Done`.
+    Call(Box<dyn FnOnce(&mut Writer) -> Done + Send>),
     Tick {
         now: Time,
         reply: Reply<Tick>,
@@ -101,7 +81,7 @@ const RETENTION_BATCH: i64 = 1_000;
 const RETENTION_EVERY_MS: i64 = 1_000;
 
 /// A storage failure: the whole group rolls back.
-struct Fatal(StoreError);
+pub(super) struct Fatal(pub(super) StoreError);
 
 impl From<rusqlite::Error> for Fatal {
     fn from(e: rusqlite::Error) -> Fatal {
@@ -110,10 +90,10 @@ impl From<rusqlite::Error> for Fatal {
 }
 
 /// Outer error: the group fails. Inner error: this request fails alone, having written nothing.
-type Step<T> = Result<Result<T, StoreError>, Fatal>;
+pub(super) type Step<T> = Result<Result<T, StoreError>, Fatal>;
 
 /// Sends a caller its answer once the group's fate is known.
-type Done = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+pub(crate) type Done = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
 struct QueueState {
     config: QueueConfig,
@@ -121,7 +101,7 @@ struct QueueState {
 }
 
 pub(crate) struct Writer {
-    conn: Connection,
+    pub(super) conn: Connection,
     defaults: QueueConfig,
     idempotency_ttl_ms: i64,
     index: Index,
@@ -304,6 +284,7 @@ impl Writer {
             Request::Apply {
                 id,
                 cmd,
+                scope,
                 now,
                 reply,
             } => {
@@ -315,17 +296,22 @@ impl Writer {
                         JobCommand::Cancel => Command::Cancel,
                         JobCommand::Retry => Command::Retry,
                     };
-                    w.apply(id, &cmd, now)
+                    w.apply_in(id, &cmd, &scope, now)
                 });
                 answer(reply, r.and_then(|j| j.ok_or(StoreError::NotFound)))
             }
-            Request::Outcomes { items, now, reply } => {
+            Request::Outcomes {
+                items,
+                scope,
+                now,
+                reply,
+            } => {
                 let r = self.guard(|w| {
                     let mut out = Vec::with_capacity(items.len());
                     for item in items {
                         let cmd = w.outcome_command(item.token, item.kind);
                         out.push(
-                            w.apply(item.id, &cmd, now)?
+                            w.apply_in(item.id, &cmd, &scope, now)?
                                 .and_then(|j| j.ok_or(StoreError::NotFound)),
                         );
                     }
@@ -333,43 +319,7 @@ impl Writer {
                 });
                 answer(reply, r)
             }
-            Request::ConfigureQueue {
-                name,
-                overrides,
-                now,
-                reply,
-            } => {
-                let r = self.guard(|w| w.configure_queue(&name, overrides, now));
-                answer(reply, r)
-            }
-            Request::SetPaused {
-                name,
-                paused,
-                now,
-                reply,
-            } => {
-                let r = self.guard(|w| w.set_paused(&name, paused, now));
-                answer(reply, r)
-            }
-            Request::Replay {
-                queue,
-                filter,
-                now,
-                reply,
-            } => {
-                let r = self.guard(|w| w.replay(&queue, &filter, now));
-                answer(reply, r)
-            }
-            Request::Purge {
-                queue,
-                state,
-                limit,
-                now,
-                reply,
-            } => {
-                let r = self.guard(|w| w.purge(&queue, state, limit, now));
-                answer(reply, r)
-            }
+            Request::Call(f) => f(self),
             Request::Tick { now, reply } => {
                 let r = self.guard(|w| w.tick(now));
                 answer(reply, r)
@@ -380,7 +330,10 @@ impl Writer {
     }
 
     /// Runs a handler unless the group already failed; records a storage failure as the group's.
-    fn guard<T>(&mut self, f: impl FnOnce(&mut Writer) -> Step<T>) -> Result<T, StoreError> {
+    pub(super) fn guard<T>(
+        &mut self,
+        f: impl FnOnce(&mut Writer) -> Step<T>,
+    ) -> Result<T, StoreError> {
         if let Some(e) = &self.fatal {
             return Err(e.duplicate());
         }
@@ -434,7 +387,13 @@ impl Writer {
 
     /// Loads a job, runs the state machine and saves the result. `Ok(None)`: purged.
     fn apply(&mut self, id: Uuid, cmd: &Command, now: Time) -> Step<Option<Job>> {
-        let Some(job) = self.load(id)? else {
+        self.apply_in(id, cmd, &Scope::All, now)
+    }
+
+    /// Applies `cmd` to a job whose queue `scope` allows; a job outside it is `NotFound`, exactly
+    /// as if it did not exist, so a scoped token learns nothing about other queues.
+    fn apply_in(&mut self, id: Uuid, cmd: &Command, scope: &Scope, now: Time) -> Step<Option<Job>> {
+        let Some(job) = self.load(id)?.filter(|j| scope.allows(&j.queue)) else {
             return Ok(Err(StoreError::NotFound));
         };
         match step(&job, cmd, now) {
@@ -729,7 +688,12 @@ impl Writer {
         Ok(())
     }
 
-    fn configure_queue(&mut self, name: &str, overrides: QueueOverrides, now: Time) -> Step<()> {
+    pub(super) fn configure_queue(
+        &mut self,
+        name: &str,
+        overrides: QueueOverrides,
+        now: Time,
+    ) -> Step<()> {
         self.upsert_queue(name, now)?;
         let text = serde_json::to_string(&overrides)
             .map_err(|e| Fatal(StoreError::Internal(e.to_string())))?;
@@ -744,7 +708,7 @@ impl Writer {
         Ok(Ok(()))
     }
 
-    fn set_paused(&mut self, name: &str, paused: bool, now: Time) -> Step<()> {
+    pub(super) fn set_paused(&mut self, name: &str, paused: bool, now: Time) -> Step<()> {
         let Some(q) = self.queues.get_mut(name) else {
             return Ok(Err(StoreError::NotFound));
         };
@@ -774,7 +738,7 @@ impl Writer {
         Ok(ids)
     }
 
-    fn replay(&mut self, queue: &str, filter: &ReplayFilter, now: Time) -> Step<u64> {
+    pub(super) fn replay(&mut self, queue: &str, filter: &ReplayFilter, now: Time) -> Step<u64> {
         if !self.queues.contains_key(queue) {
             return Ok(Err(StoreError::NotFound));
         }
@@ -787,7 +751,13 @@ impl Writer {
         Ok(Ok(n))
     }
 
-    fn purge(&mut self, queue: &str, state: State, limit: usize, now: Time) -> Step<u64> {
+    pub(super) fn purge(
+        &mut self,
+        queue: &str,
+        state: State,
+        limit: usize,
+        now: Time,
+    ) -> Step<u64> {
         if !self.queues.contains_key(queue) {
             return Ok(Err(StoreError::NotFound));
         }
@@ -801,7 +771,7 @@ impl Writer {
     }
 }
 
-fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> Done {
+pub(super) fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> Done {
     Box::new(move |fatal: Option<&StoreError>| {
         let _ = reply.send(match fatal {
             Some(e) => Err(e.duplicate()),

@@ -3,7 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
@@ -12,6 +12,11 @@ pub struct Keel {
     pub child: Child,
     pub base: String,
     pub addr: String,
+    pub data_dir: PathBuf,
+    /// The admin token the server wrote to `<data-dir>/admin.token` on first start.
+    pub token: String,
+    /// Every log line the server has written to stdout so far.
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Keel {
@@ -32,19 +37,55 @@ impl Keel {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let addr = loop {
             let line = lines.next().expect("keel exited before serving").unwrap();
+            logs.lock().unwrap().push(line.clone());
             let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
             if v["message"] == "keel is serving." {
                 break v["addr"].as_str().unwrap().to_owned();
             }
         };
-        std::thread::spawn(move || for _ in lines {});
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))
+            .expect("keel serve wrote no admin.token")
+            .trim()
+            .to_owned();
         Keel {
             child,
             base: format!("http://{addr}"),
             addr,
+            data_dir: data_dir.to_owned(),
+            token,
+            logs,
         }
+    }
+
+    /// A `keel_client::Client` with the admin token.
+    pub fn client(&self) -> keel_client::Client {
+        keel_client::Client::builder(&self.base)
+            .token(&self.token)
+            .build()
+            .unwrap()
+    }
+
+    /// A plain HTTP client that sends the admin token.
+    pub fn http(&self, timeout: std::time::Duration) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", self.token).parse().unwrap(),
+        );
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(timeout)
+            .build()
+            .unwrap()
     }
 
     pub fn kill_9(mut self) {
