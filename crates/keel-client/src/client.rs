@@ -17,7 +17,8 @@ use uuid::Uuid;
 use crate::error::{Error, Problem};
 use crate::types::{
     AckItem, AckResult, AuditPage, CreatedToken, EnqueueRequest, Enqueued, Event, Failure,
-    JobFilter, JobPage, LeaseRequest, LeasedJob, NewToken, QueueInfo, QueuePatch, TokenInfo,
+    JobFilter, JobPage, LeaseRequest, LeasedJob, NewToken, QueueInfo, QueuePatch, SchemaInfo,
+    TokenInfo,
 };
 
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8470";
@@ -536,6 +537,42 @@ impl Client {
         self.request::<()>(
             Method::DELETE,
             &format!("/v1/tokens/{id}"),
+            None::<&()>,
+            Repeat::Safe,
+            Duration::ZERO,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Sets (creates or replaces) the payload schema of `kind` (admin only). An invalid schema
+    /// is a `422` problem with pointers into it.
+    pub async fn put_schema(&self, kind: &str, schema: &Value) -> Result<SchemaInfo, Error> {
+        let body = json!({ "schema": schema });
+        Ok(self
+            .request(
+                Method::PUT,
+                &format!("/v1/schemas/{}", encode(kind)),
+                Some(&body),
+                Repeat::Safe,
+                Duration::ZERO,
+            )
+            .await?
+            .0)
+    }
+
+    pub async fn schema(&self, kind: &str) -> Result<SchemaInfo, Error> {
+        self.get(&format!("/v1/schemas/{}", encode(kind))).await
+    }
+
+    pub async fn schemas(&self) -> Result<Vec<SchemaInfo>, Error> {
+        self.get("/v1/schemas").await
+    }
+
+    pub async fn delete_schema(&self, kind: &str) -> Result<(), Error> {
+        self.request::<()>(
+            Method::DELETE,
+            &format!("/v1/schemas/{}", encode(kind)),
             None::<&()>,
             Repeat::Safe,
             Duration::ZERO,

@@ -17,5 +17,5 @@ pub use keel_core::{Backoff, Job, State, Time};
 pub use types::{
     AckItem, AckOutcome, AckResult, AuditActor, AuditEntry, AuditPage, Counts, CreatedToken,
     EnqueueRequest, Enqueued, Event, Failure, JobFilter, JobPage, LeaseInfo, LeaseRequest,
-    LeasedJob, NewToken, QueueInfo, QueuePatch, TokenInfo,
+    LeasedJob, NewToken, QueueInfo, QueuePatch, SchemaInfo, TokenInfo,
 };

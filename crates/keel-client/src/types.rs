@@ -265,6 +265,16 @@ pub struct QueuePatch {
     pub retention: Option<Option<keel_core::Retention>>,
 }
 
+/// A kind's payload schema.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct SchemaInfo {
+    pub kind: String,
+    pub schema: Value,
+    /// 1 when first set, then one more per replacement.
+    pub version: i64,
+    pub updated_at: Time,
+}
+
 /// `POST /v1/tokens`.
 #[derive(Clone, Debug, Serialize)]
 pub struct NewToken {

@@ -38,6 +38,8 @@ pub(crate) enum Need {
     Work,
     ReadQueues,
     ConfigureQueues,
+    ReadSchemas,
+    ConfigureSchemas,
     ManageTokens,
     ReadAudit,
 }
@@ -50,7 +52,7 @@ pub(crate) fn permits(role: Role, need: Need) -> bool {
         Role::Admin => true,
         Role::Producer => matches!(need, Enqueue | ReadJobs | CancelJobs),
         Role::Worker => matches!(need, Work | ReadJobs),
-        Role::Viewer => matches!(need, ReadJobs | ReadQueues | ReadAudit),
+        Role::Viewer => matches!(need, ReadJobs | ReadQueues | ReadSchemas | ReadAudit),
     }
 }
 

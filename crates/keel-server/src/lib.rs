@@ -10,6 +10,7 @@ mod extract;
 mod limit;
 mod problem;
 mod routes;
+mod schemas;
 mod wire;
 
 use std::future::Future;
@@ -72,6 +73,7 @@ pub(crate) struct AppState {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) auth: Arc<auth::Auth>,
+    pub(crate) schemas: Arc<schemas::Schemas>,
     /// Turns true when shutdown begins; long polls end early on it.
     pub(crate) stopping: watch::Receiver<bool>,
 }
@@ -92,6 +94,9 @@ pub async fn serve(
     let auth = auth::Auth::load(&*store, config.auth, limiter)
         .await
         .map_err(|e| std::io::Error::other(format!("loading tokens: {e}")))?;
+    let schemas = schemas::Schemas::load(&*store)
+        .await
+        .map_err(|e| std::io::Error::other(format!("loading payload schemas: {e}")))?;
     let (stop, stopping) = watch::channel(false);
     let grace = config.shutdown_grace;
     let state = AppState {
@@ -99,6 +104,7 @@ pub async fn serve(
         clock: clock.clone(),
         config: Arc::new(config),
         auth: Arc::new(auth),
+        schemas: Arc::new(schemas),
         stopping: stopping.clone(),
     };
     let timers = tokio::spawn(dispatch::run_timers(store.clone(), clock, stopping.clone()));

@@ -585,3 +585,72 @@ pub async fn audit(ctx: &Ctx, limit: u32) -> Outcome {
     );
     Ok(exit::OK)
 }
+
+pub async fn schemas_set(ctx: &Ctx, kind: &str, file: &std::path::Path) -> Outcome {
+    let text = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| Error::Invalid(format!("reading stdin: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|e| Error::Invalid(format!("reading {}: {e}", file.display())))?
+    };
+    let schema: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Invalid(format!("{} is not JSON: {e}", file.display())))?;
+    let info = ctx.client.put_schema(kind, &schema).await?;
+    if ctx.json {
+        ctx.print_json(&info);
+    } else {
+        println!(
+            "set the payload schema of {} (version {})",
+            info.kind, info.version
+        );
+    }
+    Ok(exit::OK)
+}
+
+pub async fn schemas_show(ctx: &Ctx, kind: &str) -> Outcome {
+    let info = ctx.client.schema(kind).await?;
+    if ctx.json {
+        ctx.print_json(&info);
+    } else {
+        ctx.print_json(&info.schema);
+    }
+    Ok(exit::OK)
+}
+
+pub async fn schemas_ls(ctx: &Ctx) -> Outcome {
+    let all = ctx.client.schemas().await?;
+    if ctx.json {
+        ctx.print_json(&all);
+        return Ok(exit::OK);
+    }
+    if all.is_empty() {
+        println!("no payload schemas");
+        return Ok(exit::OK);
+    }
+    let now = render::now();
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|s| {
+            vec![
+                s.kind.clone(),
+                s.version.to_string(),
+                relative(s.updated_at, now),
+            ]
+        })
+        .collect();
+    render::table(&ctx.style, &["KIND", "VERSION", "UPDATED"], &rows);
+    Ok(exit::OK)
+}
+
+pub async fn schemas_rm(ctx: &Ctx, kind: &str) -> Outcome {
+    ctx.client.delete_schema(kind).await?;
+    if ctx.json {
+        ctx.print_json(&serde_json::json!({ "deleted": kind }));
+    } else {
+        println!("deleted the payload schema of {kind}");
+    }
+    Ok(exit::OK)
+}

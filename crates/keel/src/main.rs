@@ -70,6 +70,9 @@ enum Command {
     /// Create, list and revoke API tokens (admin).
     #[command(subcommand)]
     Tokens(TokensCmd),
+    /// Set, show, list and delete payload schemas (JSON Schema 2020-12 per job kind).
+    #[command(subcommand)]
+    Schemas(SchemasCmd),
     /// Show the audit log of admin changes, newest first.
     #[command(after_help = "Examples:\n  keel audit\n  keel audit --limit 200 --json")]
     Audit {
@@ -216,6 +219,27 @@ enum DeadCmd {
         #[arg(long)]
         limit: Option<u32>,
     },
+}
+
+#[derive(Subcommand)]
+enum SchemasCmd {
+    /// Set a kind's schema from a file (or `-` for stdin); jobs already stored are not affected.
+    #[command(
+        after_help = "Examples:\n  keel schemas set email.welcome schemas/welcome.json\n  echo '{\"type\": \"object\", \"required\": [\"to\"]}' | keel schemas set email.welcome -"
+    )]
+    Set {
+        kind: String,
+        file: std::path::PathBuf,
+    },
+    /// Print a kind's schema.
+    #[command(after_help = "Example:\n  keel schemas show email.welcome")]
+    Show { kind: String },
+    /// List the kinds that have a schema.
+    #[command(after_help = "Example:\n  keel schemas ls")]
+    Ls,
+    /// Delete a kind's schema (its payloads are no longer checked).
+    #[command(after_help = "Example:\n  keel schemas rm email.welcome")]
+    Rm { kind: String },
 }
 
 #[derive(Subcommand)]
@@ -454,6 +478,12 @@ async fn run(ctx: &Ctx, command: Command) -> commands::Outcome {
         Command::Tokens(TokensCmd::Ls) => commands::tokens_ls(ctx).await,
         Command::Tokens(TokensCmd::Rm { id }) => commands::tokens_rm(ctx, id).await,
         Command::Audit { limit } => commands::audit(ctx, limit).await,
+        Command::Schemas(SchemasCmd::Set { kind, file }) => {
+            commands::schemas_set(ctx, &kind, &file).await
+        }
+        Command::Schemas(SchemasCmd::Show { kind }) => commands::schemas_show(ctx, &kind).await,
+        Command::Schemas(SchemasCmd::Ls) => commands::schemas_ls(ctx).await,
+        Command::Schemas(SchemasCmd::Rm { kind }) => commands::schemas_rm(ctx, &kind).await,
     }
 }
 

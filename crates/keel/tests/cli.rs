@@ -262,6 +262,10 @@ fn every_subcommand_has_help_with_an_example_and_completions_exist() {
         vec!["tokens", "ls"],
         vec!["tokens", "rm"],
         vec!["audit"],
+        vec!["schemas", "set"],
+        vec!["schemas", "show"],
+        vec!["schemas", "ls"],
+        vec!["schemas", "rm"],
     ] {
         let mut full = args.clone();
         full.push("--help");
@@ -375,4 +379,46 @@ fn tokens_are_created_listed_scoped_and_revoked() {
     let created = audit.find("token.created").unwrap();
     let deleted = audit.find("token.deleted").unwrap();
     assert!(deleted < created, "{audit}");
+}
+
+#[test]
+fn schemas_are_set_shown_enforced_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Keel::start(dir.path());
+    let schema =
+        r#"{"type": "object", "required": ["to"], "properties": {"to": {"type": "string"}}}"#;
+    let out = keel_stdin(&server, &["schemas", "set", "email.welcome", "-"], schema);
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    assert!(text(&out).0.contains("version 1"));
+    let (ls, _) = text(&keel(&server, &["schemas", "ls"]));
+    assert!(ls.contains("email.welcome"), "{ls}");
+    let shown: Value =
+        serde_json::from_slice(&keel(&server, &["schemas", "show", "email.welcome"]).stdout)
+            .unwrap();
+    assert_eq!(shown["required"][0], "to");
+
+    let out = keel(
+        &server,
+        &["enqueue", "emails", "email.welcome", r#"{"to": 5}"#],
+    );
+    assert_eq!(code(&out), 1);
+    assert!(text(&out).1.contains("/payload/to"), "{:?}", text(&out));
+
+    let out = keel_stdin(
+        &server,
+        &["schemas", "set", "k", "-"],
+        r#"{"type": "nope"}"#,
+    );
+    assert_eq!(code(&out), 1);
+    assert!(text(&out).1.contains("/schema/type"), "{:?}", text(&out));
+
+    assert_eq!(code(&keel(&server, &["schemas", "rm", "email.welcome"])), 0);
+    assert_eq!(code(&keel(&server, &["schemas", "rm", "email.welcome"])), 4);
+    assert_eq!(
+        code(&keel(
+            &server,
+            &["enqueue", "emails", "email.welcome", r#"{"to": 5}"#]
+        )),
+        0
+    );
 }

@@ -51,6 +51,10 @@ pub(crate) async fn enqueue(
         return Err(ApiError::Validation(errors));
     };
     caller.require_queue(Need::Enqueue, &new.queue)?;
+    st.schemas.check(&new.kind, &new.payload, "", &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
     let mut out = st
         .store
         .enqueue(vec![new], st.clock.now())
@@ -117,6 +121,13 @@ pub(crate) async fn enqueue_batch(
     }
     for job in &jobs {
         caller.require_queue(Need::Enqueue, &job.queue)?;
+    }
+    for (i, job) in jobs.iter().enumerate() {
+        st.schemas
+            .check(&job.kind, &job.payload, &format!("/jobs/{i}"), &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
     }
     let out = st.store.enqueue(jobs, st.clock.now()).await?;
     let jobs: Vec<_> = out.iter().map(|e| &e.job).collect();

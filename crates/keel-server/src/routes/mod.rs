@@ -4,6 +4,7 @@ mod admin;
 mod health;
 mod jobs;
 mod queues;
+mod schemas;
 mod workers;
 
 use std::time::Duration;
@@ -58,6 +59,11 @@ pub(crate) fn router(state: AppState) -> Router {
             axum::routing::delete(admin::delete_token),
         )
         .route("/v1/audit", get(admin::audit))
+        .route("/v1/schemas", get(schemas::list))
+        .route(
+            "/v1/schemas/{kind}",
+            get(schemas::get).put(schemas::put).delete(schemas::delete),
+        )
         .route_layer(from_fn_with_state(state.clone(), authenticate))
         .route_layer(from_fn_with_state(
             Budget::new(state.config.max_in_flight),

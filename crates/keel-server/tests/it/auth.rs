@@ -174,6 +174,25 @@ async fn each_role_may_do_exactly_what_the_role_table_says() {
             [204, 403, 403, 403],
         ),
         ("GET", "/v1/audit", Value::Null, [200, 403, 403, 200]),
+        (
+            "PUT",
+            "/v1/schemas/report.kind",
+            json!({"schema": {"type": "object"}}),
+            [201, 403, 403, 403],
+        ),
+        ("GET", "/v1/schemas", Value::Null, [200, 403, 403, 200]),
+        (
+            "GET",
+            "/v1/schemas/report.kind",
+            Value::Null,
+            [200, 403, 403, 200],
+        ),
+        (
+            "DELETE",
+            "/v1/schemas/report.kind",
+            Value::Null,
+            [204, 403, 403, 403],
+        ),
     ];
     let mut failures = vec![];
     for (method, path, body, expected) in &rows {

@@ -9,4 +9,5 @@ mod auth;
 mod errors;
 mod jobs;
 mod queues;
+mod schemas;
 mod workers;
