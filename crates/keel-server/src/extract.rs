@@ -34,13 +34,18 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
             return Err(ApiError::UnsupportedMediaType);
         }
         let limit = state.config.limits.max_body_bytes;
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(format!("the request body exceeds {limit} bytes"))
-            } else {
-                ApiError::MalformedJson(format!("could not read the request body: {e}"))
-            }
-        })?;
+        // A slow (or deliberately stalled) body is cut off; the handler never sees it.
+        let read = Bytes::from_request(req, state);
+        let bytes = tokio::time::timeout(state.config.conn.body_read_timeout, read)
+            .await
+            .map_err(|_| ApiError::RequestTimeout)?
+            .map_err(|e| {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge(format!("the request body exceeds {limit} bytes"))
+                } else {
+                    ApiError::MalformedJson(format!("could not read the request body: {e}"))
+                }
+            })?;
         parse(&bytes, state.config.limits.max_json_depth).map(Body)
     }
 }

@@ -8,6 +8,7 @@ mod auth;
 mod dispatch;
 mod extract;
 mod limit;
+mod listen;
 mod problem;
 mod routes;
 mod schemas;
@@ -23,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use auth::{ensure_admin_token, generate_token};
+pub use listen::{ConnLimits, Tls};
 pub use problem::ApiError;
 
 /// The source of "now"; injected so tests can control it.
@@ -52,6 +54,10 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     /// Per-token rate limit: (requests per second, burst). `None`: no limit.
     pub token_rate_limit: Option<(u32, u32)>,
+    /// Connection limits and slow-client timeouts.
+    pub conn: ConnLimits,
+    /// Serve HTTPS with this identity; plain HTTP when `None`.
+    pub tls: Option<Tls>,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +68,8 @@ impl Default for ServerConfig {
             auth: true,
             max_in_flight: 1_024,
             token_rate_limit: None,
+            conn: ConnLimits::default(),
+            tls: None,
         }
     }
 }
@@ -99,6 +107,7 @@ pub async fn serve(
         .map_err(|e| std::io::Error::other(format!("loading payload schemas: {e}")))?;
     let (stop, stopping) = watch::channel(false);
     let grace = config.shutdown_grace;
+    let (tls, conn_limits) = (config.tls.clone(), config.conn.clone());
     let state = AppState {
         store: store.clone(),
         clock: clock.clone(),
@@ -110,7 +119,7 @@ pub async fn serve(
     let timers = tokio::spawn(dispatch::run_timers(store.clone(), clock, stopping.clone()));
     let app = routes::router(state);
     let mut stopping_for_grace = stopping.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let stopper = tokio::spawn(async move {
         shutdown.await;
         tracing::info!(
             message = "Shutting down: no new connections; finishing in-flight requests."
@@ -118,20 +127,20 @@ pub async fn serve(
         let _ = stop.send(true);
     });
     // In-flight requests get `grace` after shutdown begins; then the process moves on regardless.
-    let served = tokio::select! {
-        r = server => r,
+    tokio::select! {
+        () = listen::run(listener, app, tls, conn_limits, stopping.clone()) => {}
         _ = async {
             let _ = stopping_for_grace.wait_for(|s| *s).await;
             tokio::time::sleep(grace).await;
         } => {
             tracing::warn!(message = "Grace period over; abandoning remaining requests.");
-            Ok(())
         }
-    };
+    }
+    stopper.abort();
     let _ = timers.await;
     if let Err(e) = store.close().await {
         tracing::error!(message = "Store did not close cleanly.", error = %e);
     }
     tracing::info!(message = "Stopped.");
-    served
+    Ok(())
 }

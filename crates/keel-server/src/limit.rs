@@ -46,9 +46,14 @@ impl InFlight {
 pub(crate) async fn shed(State(budget): State<Budget>, mut req: Request, next: Next) -> Response {
     match budget.0.try_acquire_owned() {
         Ok(permit) => {
-            req.extensions_mut()
-                .insert(InFlight(Arc::new(Mutex::new(Some(permit)))));
-            next.run(req).await
+            // The middleware keeps its own handle for the whole request: extensions are dropped
+            // as soon as an extractor consumes the request (reading the body does), which would
+            // give the slot back while the body is still arriving.
+            let slot = InFlight(Arc::new(Mutex::new(Some(permit))));
+            req.extensions_mut().insert(slot.clone());
+            let res = next.run(req).await;
+            drop(slot);
+            res
         }
         Err(_) => ApiError::Overloaded.into_response(),
     }

@@ -29,6 +29,24 @@ pub struct ServeArgs {
     /// Requests a token may make at once above its rate (default: the rate).
     #[arg(long, env = "KEEL_TOKEN_BURST", requires = "token_rate_limit")]
     token_burst: Option<u32>,
+    /// Open connections at most; more are closed at once.
+    #[arg(long, env = "KEEL_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Seconds a client gets to send its request headers (and to finish a TLS handshake).
+    #[arg(long, env = "KEEL_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    header_timeout_secs: u64,
+    /// Seconds a client gets to send a whole request body; then 408.
+    #[arg(long, env = "KEEL_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    body_timeout_secs: u64,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, env = "KEEL_MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, env = "KEEL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "KEEL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "KEEL_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
@@ -42,6 +60,13 @@ pub async fn serve(args: ServeArgs, data_dir: &Path) -> anyhow::Result<()> {
             args.listen
         );
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            keel_server::Tls::from_pem_files(cert, key)
+                .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?,
+        ),
+        _ => None,
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = SqliteStore::open(SqliteConfig::new(data_dir), clock.now()).with_context(|| {
         format!(
@@ -56,7 +81,7 @@ pub async fn serve(args: ServeArgs, data_dir: &Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding --listen {} (KEEL_LISTEN)", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    tracing::info!(message = "keel is serving.", %addr, data_dir = %data_dir.display(), auth = !args.no_auth);
+    tracing::info!(message = "keel is serving.", %addr, data_dir = %data_dir.display(), auth = !args.no_auth, tls = tls.is_some());
     let config = ServerConfig {
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
         auth: !args.no_auth,
@@ -64,7 +89,17 @@ pub async fn serve(args: ServeArgs, data_dir: &Path) -> anyhow::Result<()> {
         token_rate_limit: args
             .token_rate_limit
             .map(|rate| (rate, args.token_burst.unwrap_or(rate))),
-        ..Default::default()
+        limits: keel_core::Limits {
+            max_body_bytes: args.max_body_bytes,
+            ..Default::default()
+        },
+        conn: keel_server::ConnLimits {
+            max_connections: args.max_connections,
+            header_read_timeout: std::time::Duration::from_secs(args.header_timeout_secs.max(1)),
+            body_read_timeout: std::time::Duration::from_secs(args.body_timeout_secs.max(1)),
+            ..Default::default()
+        },
+        tls,
     };
     keel_server::serve(
         listener,

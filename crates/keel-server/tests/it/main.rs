@@ -8,6 +8,7 @@ mod helpers;
 mod auth;
 mod errors;
 mod jobs;
+mod limits;
 mod queues;
 mod schemas;
 mod workers;
