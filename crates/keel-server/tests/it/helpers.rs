@@ -20,7 +20,7 @@ pub struct TestServer {
     pub store: Arc<dyn Store>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    _dir: tempfile::TempDir,
+    _dir: Box<dyn Send + Sync>,
 }
 
 impl TestServer {
@@ -30,10 +30,20 @@ impl TestServer {
 
     pub async fn start_with(config: ServerConfig) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
+        TestServer::start_in(config, dir.path().to_owned(), dir).await
+    }
+
+    /// Serves a store in `data_dir`; `keep` lives as long as the server (a temp dir, a mount).
+    pub async fn start_in(
+        config: ServerConfig,
+        data_dir: std::path::PathBuf,
+        keep: impl Send + Sync + 'static,
+    ) -> TestServer {
+        let dir = Box::new(keep) as Box<dyn Send + Sync>;
         let clock = Arc::new(SystemClock);
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(
-                SqliteConfig::new(dir.path()),
+                SqliteConfig::new(&data_dir),
                 keel_server::Clock::now(&*clock),
             )
             .unwrap(),

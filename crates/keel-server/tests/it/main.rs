@@ -6,6 +6,7 @@
 mod helpers;
 
 mod auth;
+mod disk_full;
 mod errors;
 mod jobs;
 mod limits;

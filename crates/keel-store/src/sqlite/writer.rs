@@ -229,6 +229,7 @@ impl Writer {
         let mut close = false;
         self.wake = false;
         let due_before = self.index.next_due();
+        let changes_before = self.conn.total_changes();
         self.fatal = match self.conn.execute_batch("BEGIN IMMEDIATE") {
             Ok(()) => None,
             Err(e) => Some(StoreError::sqlite(e)),
@@ -247,7 +248,11 @@ impl Writer {
         let fatal = self.fatal.take();
         match &fatal {
             None => {
-                self.healthy.store(true, Ordering::Relaxed);
+                // Only a commit that wrote rows proves the disk takes writes; an empty group (a
+                // tick with nothing due, a ping) commits even on a full disk.
+                if self.conn.total_changes() > changes_before {
+                    self.healthy.store(true, Ordering::Relaxed);
+                }
                 // Something became due sooner: the timer loop must re-plan its sleep.
                 let due_after = self.index.next_due();
                 self.wake |= due_after.is_some_and(|a| due_before.is_none_or(|b| a < b));
@@ -324,7 +329,21 @@ impl Writer {
                 let r = self.guard(|w| w.tick(now));
                 answer(reply, r)
             }
-            Request::Ping { reply } => answer(reply, Ok(())),
+            Request::Ping { reply } => {
+                // After a failed write nothing else may come to prove recovery (clients back
+                // off while readiness says no), so a ping then writes a probe row itself.
+                let r = if self.healthy.load(Ordering::Relaxed) {
+                    Ok(())
+                } else {
+                    self.guard(|w| {
+                        w.conn
+                            .prepare_cached("INSERT OR REPLACE INTO readiness_probe (id, at) VALUES (1, unixepoch())")?
+                            .execute([])?;
+                        Ok(Ok(()))
+                    })
+                };
+                answer(reply, r)
+            }
             Request::Close { reply } => answer(reply, Ok(())),
         }
     }

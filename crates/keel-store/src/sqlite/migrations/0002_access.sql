@@ -1,3 +1,9 @@
+-- One row the writer rewrites to find out whether the disk takes writes again after a failure.
+CREATE TABLE readiness_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at INTEGER NOT NULL
+);
+
 -- API tokens: only the SHA-256 of the secret is stored.
 CREATE TABLE tokens (
     id         BLOB    NOT NULL PRIMARY KEY,
