@@ -99,8 +99,19 @@ fn field_error(mut pointer: String, message: &str) -> ApiError {
 }
 
 fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_owned(),
+    let message = match message.rfind(" at line ") {
+        Some(i) => &message[..i],
+        None => message,
+    };
+    // serde names our Rust types ("expected struct EnqueueBody"); clients know JSON objects.
+    match message.find("struct ") {
+        Some(i) => {
+            let rest = &message[i + 7..];
+            let end = rest
+                .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                .unwrap_or(rest.len());
+            format!("{}a JSON object{}", &message[..i], &rest[end..])
+        }
         None => message.to_owned(),
     }
 }

@@ -8,6 +8,7 @@ mod helpers;
 mod auth;
 mod disk_full;
 mod errors;
+mod fuzz;
 mod jobs;
 mod limits;
 mod queues;
