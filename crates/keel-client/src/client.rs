@@ -61,6 +61,7 @@ pub struct ClientBuilder {
     url: String,
     token: Option<String>,
     admin_token_dir: Option<std::path::PathBuf>,
+    ca_certs: Vec<Vec<u8>>,
     timeout: Duration,
     connect_timeout: Duration,
     retry: RetryPolicy,
@@ -72,6 +73,13 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 impl ClientBuilder {
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Trusts the PEM certificate(s) in `pem` as well as the system's roots: for a server whose
+    /// certificate is self-signed or from a private CA.
+    pub fn ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_certs.push(pem.into());
         self
     }
 
@@ -100,8 +108,18 @@ impl ClientBuilder {
     }
 
     pub fn build(self) -> Result<Client, Error> {
+        // reqwest's rustls needs a process-wide crypto provider; keep one already installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = Vec::new();
+        for pem in &self.ca_certs {
+            roots.extend(
+                reqwest::Certificate::from_pem_bundle(pem)
+                    .map_err(|e| Error::Invalid(format!("the CA certificate is not PEM: {e}")))?,
+            );
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
+            .tls_certs_merge(roots)
             .build()
             .map_err(|e| Error::Invalid(format!("cannot build the HTTP client: {e}")))?;
         let base = self.url.trim_end_matches('/').to_owned();
@@ -162,6 +180,7 @@ impl Client {
             url: url.into(),
             token: None,
             admin_token_dir: None,
+            ca_certs: Vec::new(),
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),

@@ -28,6 +28,9 @@ struct Cli {
     /// API token for client commands. Default for a loopback --url: <data-dir>/admin.token.
     #[arg(long, env = "KEEL_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// PEM file of a CA (or self-signed certificate) to trust for an https:// --url.
+    #[arg(long, env = "KEEL_CA_CERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
     /// The server's data directory (`keel serve` keeps its database and admin.token there).
     #[arg(
         long,
@@ -373,7 +376,16 @@ fn main() -> ExitCode {
             exit::OK
         }
         command => {
-            let client = Client::builder(&cli.url).retry(commands::retry_policy());
+            let mut client = Client::builder(&cli.url).retry(commands::retry_policy());
+            if let Some(path) = &cli.ca_cert {
+                match std::fs::read(path) {
+                    Ok(pem) => client = client.ca_cert_pem(pem),
+                    Err(e) => {
+                        eprintln!("keel: --ca-cert {}: {e}", path.display());
+                        return ExitCode::from(exit::USAGE);
+                    }
+                }
+            }
             let local_token = cli.data_dir.join(keel_client::ADMIN_TOKEN_FILE);
             let client = match cli.token {
                 Some(t) => client.token(t),

@@ -422,3 +422,48 @@ fn schemas_are_set_shown_enforced_and_removed() {
         0
     );
 }
+
+#[test]
+fn the_cli_talks_https_to_a_server_with_a_self_signed_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert_pem = dir.path().join("cert.pem");
+    let key_pem = dir.path().join("key.pem");
+    std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
+    std::fs::write(&key_pem, cert.signing_key.serialize_pem()).unwrap();
+    let data = dir.path().join("data");
+    let server = Keel::start_with(
+        &data,
+        "127.0.0.1:0",
+        &[
+            "--tls-cert",
+            cert_pem.to_str().unwrap(),
+            "--tls-key",
+            key_pem.to_str().unwrap(),
+        ],
+    );
+    let url = format!("https://{}", server.addr);
+    let ca = cert_pem.to_str().unwrap();
+    let with_ca = |args: &[&str]| {
+        let mut full = vec!["--ca-cert", ca, "--data-dir", data.to_str().unwrap()];
+        full.extend_from_slice(args);
+        keel(url.as_str(), &full)
+    };
+    let out = with_ca(&["enqueue", "secure", "k", "{}"]);
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    let (ls, _) = text(&with_ca(&["queues", "ls"]));
+    assert!(ls.contains("secure"), "{ls}");
+    // Without trusting the certificate the client refuses the server: unreachable (3).
+    let out = keel(
+        url.as_str(),
+        &["--data-dir", data.to_str().unwrap(), "queues", "ls"],
+    );
+    assert_eq!(code(&out), 3, "{:?}", text(&out));
+    // Plain HTTP to the TLS port gets nowhere either.
+    let out = keel(
+        server.base.as_str(),
+        &["--data-dir", data.to_str().unwrap(), "queues", "ls"],
+    );
+    assert_ne!(code(&out), 0);
+}

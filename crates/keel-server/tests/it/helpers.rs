@@ -39,6 +39,7 @@ impl TestServer {
         data_dir: std::path::PathBuf,
         keep: impl Send + Sync + 'static,
     ) -> TestServer {
+        install_tls_provider();
         let dir = Box::new(keep) as Box<dyn Send + Sync>;
         let clock = Arc::new(SystemClock);
         let store: Arc<dyn Store> = Arc::new(
@@ -218,6 +219,12 @@ impl TestServer {
             t["token"].as_str().unwrap().to_owned(),
         )
     }
+}
+
+/// reqwest's rustls (enabled in the workspace build by keel-client) needs a process-wide
+/// crypto provider before any client is built.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 pub fn job(queue: &str) -> Value {

@@ -28,8 +28,16 @@ impl Keel {
 
     /// Starts on a given address (to come back on the same port after a crash).
     pub fn start_on(data_dir: &Path, listen: &str) -> Keel {
+        Keel::start_with(data_dir, listen, &[])
+    }
+
+    /// Starts with extra `keel serve` flags.
+    pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> Keel {
+        // reqwest's rustls needs a process-wide crypto provider before tests build clients.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
             .args(["serve", "--listen", listen])
+            .args(extra)
             .env("KEEL_DATA_DIR", data_dir)
             .env("RUST_LOG", "warn,keel=info")
             .stdout(Stdio::piped())
