@@ -3,12 +3,15 @@
 //! are applied by the store.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
+// The OpenAPI document is one large `json!` literal.
+#![recursion_limit = "512"]
 
 mod auth;
 mod dispatch;
 mod extract;
 mod limit;
 mod listen;
+mod openapi;
 mod problem;
 mod routes;
 mod schemas;

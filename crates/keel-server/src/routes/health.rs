@@ -1,4 +1,5 @@
-//! `/healthz` (the process answers) and `/readyz` (storage can take writes).
+//! The endpoints that need no token: `/healthz` (the process answers), `/readyz` (storage can
+//! take writes) and `/v1/openapi.json`.
 
 use std::time::Duration;
 
@@ -8,6 +9,11 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::problem::ApiError;
+
+pub(crate) async fn openapi() -> Json<Value> {
+    static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    Json(DOC.get_or_init(crate::openapi::document).clone())
+}
 
 pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))

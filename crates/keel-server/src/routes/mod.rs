@@ -72,6 +72,7 @@ pub(crate) fn router(state: AppState) -> Router {
     let ops = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/v1/openapi.json", get(health::openapi))
         .route_layer(from_fn_with_state(Budget::new(OPS_BUDGET), shed));
     Router::new()
         .merge(api)

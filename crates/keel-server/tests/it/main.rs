@@ -11,6 +11,7 @@ mod errors;
 mod fuzz;
 mod jobs;
 mod limits;
+mod openapi;
 mod queues;
 mod schemas;
 mod workers;
