@@ -41,6 +41,18 @@ pub struct ServeArgs {
     /// Largest request body in bytes (413 beyond).
     #[arg(long, env = "KEEL_MAX_BODY_BYTES", default_value_t = 4 << 20)]
     max_body_bytes: usize,
+    /// Largest job payload in bytes (422 beyond).
+    #[arg(long, env = "KEEL_MAX_PAYLOAD_BYTES", default_value_t = 1 << 20)]
+    max_payload_bytes: usize,
+    /// Largest job result in bytes (422 beyond).
+    #[arg(long, env = "KEEL_MAX_RESULT_BYTES", default_value_t = 64 << 10)]
+    max_result_bytes: usize,
+    /// Most jobs in one batch enqueue or ack.
+    #[arg(long, env = "KEEL_MAX_BATCH", default_value_t = 1_000)]
+    max_batch: usize,
+    /// Deepest JSON nesting accepted in a request body.
+    #[arg(long, env = "KEEL_MAX_JSON_DEPTH", default_value_t = 64)]
+    max_json_depth: usize,
     /// PEM certificate chain: serve HTTPS (with --tls-key).
     #[arg(long, env = "KEEL_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -91,6 +103,10 @@ pub async fn serve(args: ServeArgs, data_dir: &Path) -> anyhow::Result<()> {
             .map(|rate| (rate, args.token_burst.unwrap_or(rate))),
         limits: keel_core::Limits {
             max_body_bytes: args.max_body_bytes,
+            max_payload_bytes: args.max_payload_bytes,
+            max_result_bytes: args.max_result_bytes,
+            max_batch: args.max_batch.max(1),
+            max_json_depth: args.max_json_depth.max(1),
             ..Default::default()
         },
         conn: keel_server::ConnLimits {

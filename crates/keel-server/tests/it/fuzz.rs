@@ -181,6 +181,13 @@ fn no_body_on_any_route_gets_a_5xx_or_a_malformed_problem() {
         .as_str()
         .unwrap()
         .to_owned();
+    // Payloads of kind "k" also go through a schema, so the payload validator is fuzzed too.
+    let schema = json!({"schema": {"type": "object", "required": ["a"], "properties": {
+        "a": {"type": "integer", "minimum": 0},
+        "s": {"type": "string", "pattern": "^[a-z]+$", "maxLength": 8},
+        "n": {"type": "array", "items": {"type": ["number", "null"]}, "maxItems": 3},
+        "o": {"type": "object", "additionalProperties": false, "properties": {"x": {"enum": [1, "1", null]}}}}}});
+    rt.block_on(s.call("PUT", "/v1/schemas/k", Some(schema), 201));
     let routes = valid_bodies(&id);
     let n = routes.len();
     let mut runner = TestRunner::new(Config {
