@@ -1,5 +1,6 @@
 //! `keel`: the server (`keel serve`) and its command line client.
 
+mod bench;
 mod commands;
 mod render;
 mod serve;
@@ -82,6 +83,8 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Measure throughput and latency against a server (or a throw-away one with --spawn).
+    Bench(bench::BenchArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  keel completions bash > /etc/bash_completion.d/keel\n  keel completions zsh > \"${fpath[1]}/_keel\""
@@ -371,6 +374,22 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bench(args) => {
+            let local_token = cli.data_dir.join(keel_client::ADMIN_TOKEN_FILE);
+            let token = cli.token.clone().or_else(|| {
+                keel_client::is_loopback_url(&cli.url)
+                    .then(|| std::fs::read_to_string(&local_token).ok())
+                    .flatten()
+                    .map(|t| t.trim().to_owned())
+            });
+            match runtime.block_on(bench::run(args, &cli.url, token, cli.json)) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("keel: bench: {e:#}");
+                    exit::UNAVAILABLE
+                }
+            }
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "keel", &mut std::io::stdout());
             exit::OK
@@ -416,7 +435,7 @@ fn main() -> ExitCode {
 
 async fn run(ctx: &Ctx, command: Command) -> commands::Outcome {
     match command {
-        Command::Serve(_) | Command::Completions { .. } => Ok(exit::OK),
+        Command::Serve(_) | Command::Bench(_) | Command::Completions { .. } => Ok(exit::OK),
         Command::Enqueue(args) => commands::enqueue(ctx, args).await,
         Command::Jobs(JobsCmd::Ls(a)) => {
             let filter = JobFilter {

@@ -266,6 +266,7 @@ fn every_subcommand_has_help_with_an_example_and_completions_exist() {
         vec!["schemas", "show"],
         vec!["schemas", "ls"],
         vec!["schemas", "rm"],
+        vec!["bench"],
     ] {
         let mut full = args.clone();
         full.push("--help");
@@ -466,4 +467,50 @@ fn the_cli_talks_https_to_a_server_with_a_self_signed_certificate() {
         &["--data-dir", data.to_str().unwrap(), "queues", "ls"],
     );
     assert_ne!(code(&out), 0);
+}
+
+#[test]
+fn bench_spawns_a_server_and_reports_every_scenario_against_the_baseline() {
+    let out = keel(
+        "http://127.0.0.1:1",
+        &[
+            "bench",
+            "--spawn",
+            "--jobs",
+            "300",
+            "-c",
+            "8",
+            "--batch-size",
+            "100",
+            "--lease-size",
+            "50",
+            "--rate",
+            "200",
+            "--max-secs",
+            "10",
+            "--json",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by: std::collections::HashMap<&str, &Value> = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["scenario"].as_str().unwrap(), r))
+        .collect();
+    for name in ["baseline", "enqueue", "batch", "drain", "latency"] {
+        let r = by[name];
+        assert_eq!(r["jobs"], 300, "{name}: {r}");
+        assert_eq!(r["errors"], 0, "{name}: {r}");
+        assert!(r["jobs_per_sec"].as_f64().unwrap() > 0.0, "{name}: {r}");
+        assert!(
+            r["p99_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap(),
+            "{name}: {r}"
+        );
+        assert!(r["ratio_to_baseline"].as_f64().is_some(), "{name}: {r}");
+    }
+    assert_eq!(by["baseline"]["ratio_to_baseline"], 1.0);
+    assert_eq!(by["batch"]["requests"], 3);
+    assert!(by["push"]["skipped"].is_string());
 }

@@ -1,0 +1,583 @@
+//! `keel bench`: a load generator for a running keel (or a throw-away one with `--spawn`), over
+//! real HTTP on loopback. Each scenario reports throughput and HdrHistogram latency percentiles,
+//! and every throughput is also stated as a ratio to the `baseline` scenario of the same run (the
+//! plain request rate of `GET /healthz` on the same server), so figures hold on a noisy machine.
+//!
+//! Scenarios: `baseline` (GET /healthz), `enqueue` (one job per request), `batch` (POST
+//! /v1/jobs/batch), `drain` (pull workers: lease N, ack N in one request), `latency` (enqueue at a
+//! fixed rate; a long-polling worker measures enqueue → receive). `push` is listed and skipped
+//! until push delivery exists.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    Baseline,
+    Enqueue,
+    Batch,
+    Drain,
+    Latency,
+    Push,
+}
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  keel bench --spawn                                  # every scenario against a throw-away server\n  keel bench --spawn --scenarios baseline,enqueue -c 64 --jobs 50000\n  keel bench --url http://127.0.0.1:8470 --scenarios drain --lease-size 100 --json"
+)]
+pub struct BenchArgs {
+    /// Start a throw-away `keel serve` (release build recommended) on a temporary data dir.
+    #[arg(long)]
+    spawn: bool,
+    /// Scenarios, in order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "baseline,enqueue,batch,drain,latency,push"
+    )]
+    scenarios: Vec<Scenario>,
+    /// Jobs (or requests, for baseline) per scenario.
+    #[arg(long, default_value_t = 20_000)]
+    jobs: u64,
+    /// Concurrent connections (workers for drain).
+    #[arg(long, short = 'c', default_value_t = 64)]
+    concurrency: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    payload_bytes: usize,
+    /// Jobs per batch request.
+    #[arg(long, default_value_t = 1_000)]
+    batch_size: usize,
+    /// Jobs per lease (and per ack) in the drain scenario.
+    #[arg(long, default_value_t = 100)]
+    lease_size: usize,
+    /// Offered rate (jobs per second) of the latency scenario.
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    /// Upper bound on each scenario's duration, in seconds.
+    #[arg(long, default_value_t = 60)]
+    max_secs: u64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    scenario: Scenario,
+    /// HTTP requests made.
+    requests: u64,
+    /// Jobs moved (requests for baseline).
+    jobs: u64,
+    secs: f64,
+    jobs_per_sec: f64,
+    /// `jobs_per_sec` over the baseline's requests per second, when a baseline ran.
+    ratio_to_baseline: Option<f64>,
+    /// Latency in milliseconds of each request (of enqueue → receive for `latency`).
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<String>,
+}
+
+/// Where requests go.
+#[derive(Clone)]
+struct Target {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Target {
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
+        let res = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = res.status();
+        let v: Value = res.json().await.map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(v)
+        } else {
+            Err(format!("{status}: {v}"))
+        }
+    }
+}
+
+/// A server started for the run; killed (SIGTERM, then waited for) at the end.
+struct Spawned {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn spawn_server() -> anyhow::Result<(Spawned, String, String)> {
+    use std::io::{BufRead, BufReader};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("keel-bench-{}-{nanos}", std::process::id()));
+    let exe = std::env::current_exe().context("finding the keel binary")?;
+    let mut child = Command::new(exe)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .env("RUST_LOG", "warn,keel=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting keel serve")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut spawned = Spawned { child, dir };
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = spawned.child.wait();
+            bail!("the spawned keel serve exited before serving");
+        };
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if v["message"] == "keel is serving." {
+            break v["addr"].as_str().unwrap_or_default().to_owned();
+        }
+    };
+    // Keep draining its logs so the pipe never fills.
+    std::thread::spawn(move || for _ in lines {});
+    let token = std::fs::read_to_string(spawned.dir.join(keel_client::ADMIN_TOKEN_FILE))
+        .context("reading the spawned server's admin token")?;
+    let base = format!("http://{addr}");
+    Ok((spawned, base, token.trim().to_owned()))
+}
+
+pub async fn run(
+    args: BenchArgs,
+    url: &str,
+    token: Option<String>,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (_server, base, token) = if args.spawn {
+        let (s, base, token) = spawn_server()?;
+        (Some(s), base, Some(token))
+    } else {
+        (None, url.trim_end_matches('/').to_owned(), token)
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = &token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {t}")
+                .parse()
+                .context("the token is not a valid header value")?,
+        );
+    }
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .pool_max_idle_per_host(args.concurrency.max(1) * 2)
+        .timeout(Duration::from_secs(90))
+        .build()
+        .context("building the HTTP client")?;
+    let target = Target { http, base };
+    let run_id = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    );
+    let mut reports: Vec<Report> = Vec::new();
+    let mut baseline_rate: Option<f64> = None;
+    for scenario in &args.scenarios {
+        let queue = format!("bench.{run_id}.{}", format!("{scenario:?}").to_lowercase());
+        if !json_out {
+            eprintln!("{scenario:?}…");
+        }
+        let mut report = match scenario {
+            Scenario::Baseline => baseline(&target, &args).await,
+            Scenario::Enqueue => enqueue(&target, &args, &queue).await,
+            Scenario::Batch => batch(&target, &args, &queue).await,
+            Scenario::Drain => drain(&target, &args, &queue).await?,
+            Scenario::Latency => latency(&target, &args, &queue).await?,
+            Scenario::Push => skipped(Scenario::Push, "push delivery is not built yet (issue 4)"),
+        };
+        if *scenario == Scenario::Baseline && report.skipped.is_none() {
+            baseline_rate = Some(report.jobs_per_sec);
+        }
+        report.ratio_to_baseline = baseline_rate
+            .filter(|_| report.skipped.is_none() && report.jobs_per_sec > 0.0)
+            .map(|b| report.jobs_per_sec / b);
+        reports.push(report);
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        print_table(&reports);
+    }
+    Ok(())
+}
+
+fn skipped(scenario: Scenario, why: &str) -> Report {
+    Report {
+        scenario,
+        requests: 0,
+        jobs: 0,
+        secs: 0.0,
+        jobs_per_sec: 0.0,
+        ratio_to_baseline: None,
+        p50_ms: 0.0,
+        p90_ms: 0.0,
+        p99_ms: 0.0,
+        max_ms: 0.0,
+        errors: 0,
+        skipped: Some(why.to_owned()),
+    }
+}
+
+/// Microseconds from 1 µs to 100 s, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    match Histogram::new_with_bounds(1, 100_000_000, 3) {
+        Ok(h) => h,
+        Err(e) => unreachable!("constant histogram bounds are valid: {e}"),
+    }
+}
+
+fn report(
+    scenario: Scenario,
+    requests: u64,
+    jobs: u64,
+    elapsed: Duration,
+    h: &Histogram<u64>,
+    errors: u64,
+) -> Report {
+    let secs = elapsed.as_secs_f64();
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
+    Report {
+        scenario,
+        requests,
+        jobs,
+        secs,
+        jobs_per_sec: if secs > 0.0 { jobs as f64 / secs } else { 0.0 },
+        ratio_to_baseline: None,
+        p50_ms: ms(0.50),
+        p90_ms: ms(0.90),
+        p99_ms: ms(0.99),
+        max_ms: h.max() as f64 / 1_000.0,
+        errors,
+        skipped: None,
+    }
+}
+
+fn progress(total: u64, json_out: bool) -> indicatif::ProgressBar {
+    if json_out || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("  {bar:40} {pos}/{len} {per_sec} {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn payload(bytes: usize) -> Value {
+    json!({ "data": "x".repeat(bytes.saturating_sub(12)) })
+}
+
+/// Runs `concurrency` loops that each claim `step` units of `total` and call `one` for them,
+/// recording each call's latency; stops at `total` or `max_secs`.
+async fn closed_loop<F, Fut>(
+    args: &BenchArgs,
+    total: u64,
+    step: u64,
+    concurrency: usize,
+    one: F,
+) -> (u64, u64, u64, Duration, Histogram<u64>)
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let claimed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
+    let one = Arc::new(one);
+    let deadline = Instant::now() + Duration::from_secs(args.max_secs);
+    let bar = progress(total, false);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (claimed, done, errors, requests, one, bar) = (
+            claimed.clone(),
+            done.clone(),
+            errors.clone(),
+            requests.clone(),
+            one.clone(),
+            bar.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            while Instant::now() < deadline {
+                let first = claimed.fetch_add(step, Ordering::Relaxed);
+                if first >= total {
+                    break;
+                }
+                let n = step.min(total - first);
+                let t = Instant::now();
+                let r = one(first).await;
+                let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+                requests.fetch_add(1, Ordering::Relaxed);
+                match r {
+                    Ok(()) => {
+                        done.fetch_add(n, Ordering::Relaxed);
+                        bar.inc(n);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            h
+        }));
+    }
+    let mut merged = histogram();
+    for t in tasks {
+        if let Ok(h) = t.await {
+            let _ = merged.add(h);
+        }
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    (
+        requests.load(Ordering::Relaxed),
+        done.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed),
+        elapsed,
+        merged,
+    )
+}
+
+async fn baseline(target: &Target, args: &BenchArgs) -> Report {
+    let t = target.clone();
+    let (req, done, errs, elapsed, h) =
+        closed_loop(args, args.jobs, 1, args.concurrency, move |_| {
+            let t = t.clone();
+            async move {
+                let res = t
+                    .http
+                    .get(format!("{}/healthz", t.base))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                res.bytes().await.map_err(|e| e.to_string())?;
+                Ok(())
+            }
+        })
+        .await;
+    report(Scenario::Baseline, req, done, elapsed, &h, errs)
+}
+
+async fn enqueue(target: &Target, args: &BenchArgs, queue: &str) -> Report {
+    let (t, body) = (
+        target.clone(),
+        json!({"queue": queue, "kind": "bench", "payload": payload(args.payload_bytes)}),
+    );
+    let (req, done, errs, elapsed, h) =
+        closed_loop(args, args.jobs, 1, args.concurrency, move |_| {
+            let (t, body) = (t.clone(), body.clone());
+            async move { t.post("/v1/jobs", &body).await.map(|_| ()) }
+        })
+        .await;
+    report(Scenario::Enqueue, req, done, elapsed, &h, errs)
+}
+
+fn batch_body(queue: &str, n: u64, payload_bytes: usize) -> Value {
+    let job = json!({"queue": queue, "kind": "bench", "payload": payload(payload_bytes)});
+    json!({ "jobs": vec![job; n as usize] })
+}
+
+async fn batch(target: &Target, args: &BenchArgs, queue: &str) -> Report {
+    let step = args.batch_size.clamp(1, 1_000) as u64;
+    let (t, body) = (target.clone(), batch_body(queue, step, args.payload_bytes));
+    let (req, done, errs, elapsed, h) =
+        closed_loop(args, args.jobs, step, args.concurrency.min(16), move |_| {
+            let (t, body) = (t.clone(), body.clone());
+            async move { t.post("/v1/jobs/batch", &body).await.map(|_| ()) }
+        })
+        .await;
+    report(Scenario::Batch, req, done, elapsed, &h, errs)
+}
+
+/// Fills the queue (untimed) through batches.
+async fn fill(target: &Target, queue: &str, jobs: u64, payload_bytes: usize) -> anyhow::Result<()> {
+    let mut left = jobs;
+    while left > 0 {
+        let n = left.min(1_000);
+        target
+            .post("/v1/jobs/batch", &batch_body(queue, n, payload_bytes))
+            .await
+            .map_err(|e| anyhow::anyhow!("filling the queue: {e}"))?;
+        left -= n;
+    }
+    Ok(())
+}
+
+async fn drain(target: &Target, args: &BenchArgs, queue: &str) -> anyhow::Result<Report> {
+    fill(target, queue, args.jobs, args.payload_bytes).await?;
+    let lease = args.lease_size.clamp(1, 1_000) as u64;
+    let (t, q) = (target.clone(), queue.to_owned());
+    // Each unit of work is one lease of up to `lease` jobs plus one ack of all of them.
+    let (req, done, errs, elapsed, h) = closed_loop(args, args.jobs, lease, args.concurrency.min(32), move |_| {
+        let (t, q) = (t.clone(), q.clone());
+        async move {
+            let got = t
+                .post("/v1/lease", &json!({"queues": [q], "max_jobs": lease, "lease_ms": 60_000}))
+                .await?;
+            let jobs = got["jobs"].as_array().cloned().unwrap_or_default();
+            if jobs.is_empty() {
+                return Err("the queue ran dry".into());
+            }
+            let items: Vec<Value> = jobs
+                .iter()
+                .map(|j| json!({"id": j["id"], "lease_token": j["lease"]["token"], "outcome": "completed"}))
+                .collect();
+            t.post("/v1/ack", &json!({ "items": items })).await.map(|_| ())
+        }
+    })
+    .await;
+    Ok(report(Scenario::Drain, req * 2, done, elapsed, &h, errs))
+}
+
+/// Enqueues at `rate` jobs/s (open loop); a long-polling worker records enqueue → receive.
+async fn latency(target: &Target, args: &BenchArgs, queue: &str) -> anyhow::Result<Report> {
+    let total = args.jobs.min(args.rate.max(1) * args.max_secs.max(1));
+    let origin = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let worker = {
+        let (t, q, received) = (target.clone(), queue.to_owned(), received.clone());
+        let deadline = origin + Duration::from_secs(args.max_secs + 5);
+        tokio::spawn(async move {
+            let mut h = histogram();
+            while received.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+                let Ok(got) = t
+                    .post("/v1/lease", &json!({"queues": [q], "max_jobs": 100, "wait_ms": 1_000, "lease_ms": 60_000}))
+                    .await
+                else {
+                    continue;
+                };
+                let now = origin.elapsed().as_micros() as u64;
+                let jobs = got["jobs"].as_array().cloned().unwrap_or_default();
+                let mut items = Vec::with_capacity(jobs.len());
+                for j in &jobs {
+                    let sent = j["payload"]["sent_us"].as_u64().unwrap_or(now);
+                    let _ = h.record(now.saturating_sub(sent).max(1));
+                    items.push(json!({"id": j["id"], "lease_token": j["lease"]["token"], "outcome": "completed"}));
+                }
+                received.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                if !items.is_empty() {
+                    let _ = t.post("/v1/ack", &json!({ "items": items })).await;
+                }
+            }
+            h
+        })
+    };
+    // Let the worker's first long poll start before the first job.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let started = Instant::now();
+    let mut errors = 0;
+    let mut sends = Vec::new();
+    let bar = progress(total, false);
+    for i in 0..total {
+        tokio::time::sleep_until((started + interval * i as u32).into()).await;
+        let t = target.clone();
+        let body = json!({"queue": queue, "kind": "bench", "payload": {"sent_us": origin.elapsed().as_micros() as u64}});
+        sends.push(tokio::spawn(async move {
+            t.post("/v1/jobs", &body).await.is_ok()
+        }));
+        bar.inc(1);
+    }
+    for s in sends {
+        if !matches!(s.await, Ok(true)) {
+            errors += 1;
+        }
+    }
+    bar.finish_and_clear();
+    let h = worker.await.unwrap_or_else(|_| histogram());
+    let elapsed = started.elapsed();
+    Ok(report(
+        Scenario::Latency,
+        total,
+        received.load(Ordering::Relaxed),
+        elapsed,
+        &h,
+        errors,
+    ))
+}
+
+fn print_table(reports: &[Report]) {
+    println!(
+        "{:<9} {:>9} {:>9} {:>8} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "SCENARIO",
+        "REQUESTS",
+        "JOBS",
+        "SECS",
+        "JOBS/S",
+        "×BASE",
+        "P50 MS",
+        "P90 MS",
+        "P99 MS",
+        "MAX MS",
+        "ERRORS"
+    );
+    for r in reports {
+        let name = format!("{:?}", r.scenario).to_lowercase();
+        if let Some(why) = &r.skipped {
+            println!("{name:<9} skipped: {why}");
+            continue;
+        }
+        let ratio = r
+            .ratio_to_baseline
+            .map_or("-".to_owned(), |x| format!("{x:.2}"));
+        println!(
+            "{name:<9} {:>9} {:>9} {:>8.2} {:>12.0} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+            r.requests,
+            r.jobs,
+            r.secs,
+            r.jobs_per_sec,
+            ratio,
+            r.p50_ms,
+            r.p90_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.errors
+        );
+    }
+}
