@@ -197,11 +197,13 @@ pub(crate) async fn authenticate(
             return ApiError::Unauthorized("send Authorization: Bearer <token>".into())
                 .into_response();
         };
+        // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
         let token = header
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             return ApiError::Unauthorized(
                 "the Authorization header must be \"Bearer <token>\"".into(),

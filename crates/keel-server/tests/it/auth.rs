@@ -46,6 +46,22 @@ async fn no_unknown_or_malformed_tokens_get_401_and_change_nothing() {
         assert_eq!(slug(&body), "unauthorized", "{what}");
     }
     assert_eq!(s.job_count().await, 0);
+    // The scheme is case-insensitive; the token is not.
+    let token = s.admin_token.clone().unwrap();
+    let res = client
+        .get(s.url("/v1/jobs"))
+        .header("authorization", format!("bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let res = client
+        .get(s.url("/v1/jobs"))
+        .header("authorization", format!("Bearer {}", token.to_uppercase()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
     // Health needs no token.
     for path in ["/healthz", "/readyz"] {
         let (status, _, _) = s.call_as(None, "GET", path, None).await;
