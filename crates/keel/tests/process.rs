@@ -122,25 +122,7 @@ async fn kill_9_under_load_loses_no_acknowledged_job() {
         assert_eq!((status, job["id"].as_str()), (200, Some(id.as_str())));
     }
     // Abandoned leases are recovered: nothing stays running once the leases (2 s) are over.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let q: Value = http
-            .get(format!("{base}/v1/queues/crash"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if q["counts"]["running"] == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "expired leases were not recovered: {q}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    keel.wait_until_nothing_runs("crash").await;
     let before: Value = http
         .get(format!("{base}/v1/queues/crash"))
         .send()

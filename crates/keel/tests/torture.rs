@@ -251,25 +251,7 @@ async fn kill_9_again_and_again_under_mixed_load_breaks_no_promise() {
         l.unanswered.remove(&key);
         l.acked.insert(key, job["id"].as_str().unwrap().to_owned());
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let q: Value = http
-            .get(format!("{base}/v1/queues/torture"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if q["counts"]["running"] == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "leases were not recovered: {q}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    keel.wait_until_nothing_runs("torture").await;
     assert!(keel.terminate().success());
 
     // The offline check of the data dir against the log.

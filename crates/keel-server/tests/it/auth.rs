@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestServer, job};
+use crate::helpers::{TestServer, job, pointers};
 
 fn slug(problem: &Value) -> &str {
     problem["type"]
@@ -439,13 +439,7 @@ async fn bad_token_requests_are_422_with_pointers() {
     ];
     for (body, want) in cases {
         let res = s.post("/v1/tokens", body.clone(), 422).await;
-        let got: Vec<&str> = res["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["pointer"].as_str().unwrap())
-            .collect();
-        assert_eq!(got, want, "{body}");
+        assert_eq!(pointers(&res), want, "{body}");
     }
     assert_eq!(s.get("/v1/tokens", 200).await.as_array().unwrap().len(), 1);
 }

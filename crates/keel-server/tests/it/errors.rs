@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestServer, job};
+use crate::helpers::{TestServer, job, pointers};
 
 async fn raw(
     s: &TestServer,
@@ -27,17 +27,6 @@ async fn raw(
         ct,
         serde_json::from_str(&text).unwrap_or(Value::Null),
     )
-}
-
-fn pointers(problem: &Value) -> Vec<String> {
-    problem["errors"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|e| e["pointer"].as_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[tokio::test]

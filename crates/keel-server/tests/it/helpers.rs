@@ -227,6 +227,18 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// The `pointer` of each `errors` item of a problem, in order.
+pub fn pointers(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| e["pointer"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn job(queue: &str) -> Value {
     json!({"queue": queue, "kind": "test.kind", "payload": {"n": 1}})
 }

@@ -35,6 +35,21 @@ fn head(s: &TestServer, method: &str, path: &str, extra: &str) -> String {
     )
 }
 
+/// Sends `POST /v1/jobs` with its whole head but only the first `sent` bytes of `body`; the
+/// rest is the caller's to send (or not). The connection closes after the answer.
+async fn start_slow_enqueue(s: &TestServer, body: &str, sent: usize) -> TcpStream {
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let extra = format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head(s, "POST", "/v1/jobs", &extra).as_bytes())
+        .await
+        .unwrap();
+    c.write_all(&body.as_bytes()[..sent]).await.unwrap();
+    c
+}
+
 #[tokio::test]
 async fn a_client_that_stalls_its_headers_is_disconnected_without_an_answer() {
     let s = TestServer::start_with(config(ConnLimits {
@@ -60,18 +75,7 @@ async fn a_stalled_body_gets_408_and_writes_nothing() {
     }))
     .await;
     let body = job("q").to_string();
-    let mut c = TcpStream::connect(s.addr).await.unwrap();
-    let req = head(
-        &s,
-        "POST",
-        "/v1/jobs",
-        &format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        ),
-    );
-    c.write_all(req.as_bytes()).await.unwrap();
-    c.write_all(&body.as_bytes()[..10]).await.unwrap();
+    let mut c = start_slow_enqueue(&s, &body, 10).await;
     let got = read_to_close(&mut c).await;
     assert!(got.starts_with("HTTP/1.1 408"), "{got}");
     assert!(got.contains("urn:keel:problem:request-timeout"), "{got}");
@@ -156,19 +160,7 @@ async fn a_full_budget_sheds_at_once_health_still_answers_and_nothing_acknowledg
     let body = job("q").to_string();
     let mut slow = vec![];
     for _ in 0..4 {
-        let mut c = TcpStream::connect(s.addr).await.unwrap();
-        let req = head(
-            &s,
-            "POST",
-            "/v1/jobs",
-            &format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            ),
-        );
-        c.write_all(req.as_bytes()).await.unwrap();
-        c.write_all(&body.as_bytes()[..5]).await.unwrap();
-        slow.push(c);
+        slow.push(start_slow_enqueue(&s, &body, 5).await);
     }
     // The fifth is refused at once, with Retry-After; health answers from its own budget.
     let refused = s

@@ -3,18 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::TestServer;
-
-fn pointers(problem: &Value) -> Vec<String> {
-    problem["errors"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|e| e["pointer"].as_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use crate::helpers::{TestServer, pointers};
 
 fn signup(payload: Value) -> Value {
     json!({"queue": "emails", "kind": "email.welcome", "payload": payload})

@@ -82,6 +82,31 @@ impl Keel {
             .unwrap()
     }
 
+    /// Waits (up to 20 s) until `queue` has no running job: every abandoned lease has expired
+    /// and been recovered. Fails the test otherwise.
+    pub async fn wait_until_nothing_runs(&self, queue: &str) {
+        let http = self.http(std::time::Duration::from_secs(10));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let q: Value = http
+                .get(format!("{}/v1/queues/{queue}", self.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if q["counts"]["running"] == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "expired leases were not recovered: {q}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// A plain HTTP client that sends the admin token.
     pub fn http(&self, timeout: std::time::Duration) -> reqwest::Client {
         let mut headers = reqwest::header::HeaderMap::new();
