@@ -21,12 +21,13 @@ pub use error::StoreError;
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use types::{
     Actor, AuditEntry, Counts, Enqueued, JobFilter, JobPage, LeaseRequest, LeasedJob, Outcome,
-    OutcomeKind, QueueInfo, ReplayFilter, SchemaRecord, Tick, TokenRecord,
+    OutcomeKind, QueueInfo, ReplayFilter, RunOutcome, SCHEDULE_RUNS_KEPT, ScheduleRecord,
+    ScheduleRun, SchemaRecord, Tick, TokenRecord,
 };
 pub use verify::VerifyReport;
 
 use async_trait::async_trait;
-use keel_core::{Event, Job, Json, NewJob, QueueOverrides, Scope, State, Time};
+use keel_core::{Event, Job, Json, NewJob, QueueOverrides, ScheduleSpec, Scope, State, Time};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -160,8 +161,37 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError>;
 
+    /// Creates or replaces the schedule `name` (the caller has checked the cadence and the job
+    /// template). A replaced schedule keeps its clock: no tick it fired fires again.
+    async fn put_schedule(
+        &self,
+        name: &str,
+        spec: ScheduleSpec,
+        actor: &Actor,
+        now: Time,
+    ) -> Result<ScheduleRecord, StoreError>;
+
+    /// Deletes a schedule; jobs it already enqueued stay.
+    async fn delete_schedule(&self, name: &str, actor: &Actor, now: Time)
+    -> Result<(), StoreError>;
+
+    /// Pauses or resumes a schedule. Resuming starts at the first tick at or after `now`.
+    async fn set_schedule_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        actor: &Actor,
+        now: Time,
+    ) -> Result<ScheduleRecord, StoreError>;
+
+    /// Every schedule by name, each with its newest runs.
+    async fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError>;
+
+    async fn schedule(&self, name: &str) -> Result<Option<ScheduleRecord>, StoreError>;
+
     /// Runs what is due at `now`: scheduled jobs become available, expired leases count as failed
-    /// attempts, retention deletes old finished jobs and expired idempotency keys.
+    /// attempts, schedules enqueue their due ticks (exactly once each), retention deletes old
+    /// finished jobs and expired idempotency keys.
     async fn tick(&self, now: Time) -> Result<Tick, StoreError>;
 
     /// A counter that increases whenever jobs may have become leasable. Long polls wait on it.

@@ -7,11 +7,14 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use keel_core::{Backoff, Json, NewJob, QueueOverrides, Role, Scope, State, Time, When};
+use keel_core::{
+    Backoff, Cadence, CatchUp, JobTemplate, Json, NewJob, QueueOverrides, Role, ScheduleSpec,
+    Scope, State, Time, When,
+};
 
 use crate::{
-    Actor, JobFilter, LeaseRequest, Outcome, OutcomeKind, ReplayFilter, SqliteConfig, SqliteStore,
-    Store, TokenRecord,
+    Actor, JobFilter, LeaseRequest, Outcome, OutcomeKind, ReplayFilter, RunOutcome, SqliteConfig,
+    SqliteStore, Store, TokenRecord,
 };
 
 /// 2026-11-23T06:00:00.000Z: the suite's "now".
@@ -76,7 +79,11 @@ macro_rules! conformance_tests {
             tokens_store_only_hashes_and_delete_at_once,
             schemas_are_versioned_and_audited,
             admin_changes_are_audited_with_their_actor,
-            scoped_commands_and_lists_never_reach_other_queues
+            scoped_commands_and_lists_never_reach_other_queues,
+            schedule_fires_each_tick_once_due_at_the_tick,
+            schedule_never_fires_a_tick_twice_across_restarts_clock_jumps_and_rivals,
+            schedule_catch_up_after_downtime_follows_its_mode,
+            schedule_pause_update_delete_are_audited_and_keep_the_clock
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -95,6 +102,21 @@ pub fn op() -> Actor {
     Actor {
         token_id: Some(uuid::Uuid::from_u128(7)),
         name: "operator".into(),
+    }
+}
+
+/// A schedule of `queue` every minute (or on `cron` in Europe/Berlin) with `catch_up`.
+pub fn schedule_spec(queue: &str, cron: Option<&str>, catch_up: CatchUp) -> ScheduleSpec {
+    ScheduleSpec {
+        cadence: match cron {
+            Some(expr) => Cadence::Cron {
+                expr: expr.to_owned(),
+                timezone: "Europe/Berlin".to_owned(),
+            },
+            None => Cadence::Every { every_ms: 60_000 },
+        },
+        catch_up,
+        job: JobTemplate::from_new_job(job(queue)),
     }
 }
 
@@ -1276,6 +1298,289 @@ pub mod cases {
         assert_eq!(
             store.get_job(mine).await.unwrap().unwrap().state,
             State::Cancelled
+        );
+    }
+
+    /// The jobs of `queue`, oldest first.
+    async fn jobs_of(store: &dyn Store, queue: &str) -> Vec<keel_core::Job> {
+        let page = store
+            .list_jobs(JobFilter {
+                queue: Some(queue.to_owned()),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut jobs = page.jobs;
+        jobs.reverse();
+        jobs
+    }
+
+    const MIN: i64 = 60_000;
+
+    pub async fn schedule_fires_each_tick_once_due_at_the_tick(h: &dyn Harness) {
+        let store = h.open().await;
+        // T0 is 07:00 in Berlin; created an hour before, the first tick is T0.
+        let before = T0.plus_ms(-60 * MIN);
+        let s = store
+            .put_schedule(
+                "daily",
+                schedule_spec("reports", Some("0 7 * * *"), CatchUp::One),
+                &op(),
+                before,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (s.next_run_at, s.last_tick_at, s.paused),
+            (Some(T0), None, false)
+        );
+        assert!(s.runs.is_empty());
+        // The store reports the tick as due, so a timer loop wakes for it.
+        let tick = store.tick(before).await.unwrap();
+        assert!(tick.next_due.is_some_and(|t| t <= T0), "{tick:?}");
+        assert!(jobs_of(&*store, "reports").await.is_empty());
+        store.tick(T0.plus_ms(-1)).await.unwrap();
+        assert!(jobs_of(&*store, "reports").await.is_empty(), "fired early");
+
+        store.tick(T0.plus_ms(3)).await.unwrap();
+        store.tick(T0.plus_ms(4)).await.unwrap();
+        let jobs = jobs_of(&*store, "reports").await;
+        assert_eq!(jobs.len(), 1, "one tick, one job");
+        assert_eq!((jobs[0].run_at, jobs[0].state), (T0, State::Available));
+        assert_eq!(
+            jobs[0].idempotency_key.as_deref(),
+            Some("schedule:daily:2026-11-23T06:00:00.000Z")
+        );
+        assert_eq!(jobs[0].kind, "test.kind");
+        let s = store.schedule("daily").await.unwrap().unwrap();
+        let next_day = T0.plus_ms(24 * 60 * MIN);
+        assert_eq!((s.next_run_at, s.last_tick_at), (Some(next_day), Some(T0)));
+        assert_eq!(s.runs.len(), 1);
+        assert_eq!(
+            (
+                s.runs[0].tick_at,
+                s.runs[0].fired_at,
+                s.runs[0].outcome,
+                s.runs[0].job_id
+            ),
+            (T0, T0.plus_ms(3), RunOutcome::Enqueued, Some(jobs[0].id))
+        );
+        store.tick(next_day).await.unwrap();
+        assert_eq!(jobs_of(&*store, "reports").await.len(), 2);
+        let s = store.schedule("daily").await.unwrap().unwrap();
+        assert_eq!(s.runs[0].tick_at, next_day, "newest run first");
+        assert_eq!(store.schedules().await.unwrap().len(), 1);
+        assert!(store.schedule("other").await.unwrap().is_none());
+    }
+
+    pub async fn schedule_never_fires_a_tick_twice_across_restarts_clock_jumps_and_rivals(
+        h: &dyn Harness,
+    ) {
+        let store = h.open().await;
+        store
+            .put_schedule(
+                "minutely",
+                schedule_spec("q", None, CatchUp::All),
+                &op(),
+                T0.plus_ms(-30_000),
+            )
+            .await
+            .unwrap();
+        // Fired at the tick instant, then the process stops and restarts at the same instant.
+        store.tick(T0).await.unwrap();
+        assert_eq!(jobs_of(&*store, "q").await.len(), 1);
+        store.close().await.unwrap();
+        let store = h.open().await;
+        store.tick(T0).await.unwrap();
+        assert_eq!(
+            jobs_of(&*store, "q").await.len(),
+            1,
+            "restart re-fired the tick"
+        );
+
+        // The clock jumps ahead two minutes, then back one: only new ticks fire.
+        store.tick(T0.plus_ms(2 * MIN)).await.unwrap();
+        assert_eq!(jobs_of(&*store, "q").await.len(), 3);
+        store.tick(T0.plus_ms(MIN)).await.unwrap();
+        store.tick(T0.plus_ms(2 * MIN + 1)).await.unwrap();
+        let jobs = jobs_of(&*store, "q").await;
+        let run_ats: Vec<Time> = jobs.iter().map(|j| j.run_at).collect();
+        assert_eq!(run_ats, [T0, T0.plus_ms(MIN), T0.plus_ms(2 * MIN)]);
+
+        // Another node (or an earlier life) already enqueued the next tick under its key: the
+        // firing finds the key taken and enqueues nothing more.
+        let tick = T0.plus_ms(3 * MIN);
+        let rival = schedule_spec("q", None, CatchUp::All)
+            .job
+            .job_at("minutely", tick);
+        let rival_id = store.enqueue(vec![rival], tick.plus_ms(-5)).await.unwrap()[0]
+            .job
+            .id;
+        store.tick(tick.plus_ms(1)).await.unwrap();
+        assert_eq!(jobs_of(&*store, "q").await.len(), 4);
+        let s = store.schedule("minutely").await.unwrap().unwrap();
+        assert_eq!(
+            (s.runs[0].tick_at, s.runs[0].outcome, s.runs[0].job_id),
+            (tick, RunOutcome::Duplicate, Some(rival_id))
+        );
+        assert_eq!(s.last_tick_at, Some(tick));
+        assert!(store.verify().await.unwrap().mismatched.is_empty());
+    }
+
+    pub async fn schedule_catch_up_after_downtime_follows_its_mode(h: &dyn Harness) {
+        let store = h.open().await;
+        // `none` ticks every 5 minutes, so a missed tick is later than its 60 s grace.
+        for (name, cron, mode) in [
+            ("none", Some("*/5 * * * *"), CatchUp::None),
+            ("one", None, CatchUp::One),
+            ("all", None, CatchUp::All),
+        ] {
+            store
+                .put_schedule(name, schedule_spec(name, cron, mode), &op(), T0.plus_ms(-1))
+                .await
+                .unwrap();
+        }
+        store.tick(T0).await.unwrap();
+        store.close().await.unwrap();
+        // Down for twelve and a half minutes.
+        let back = T0.plus_ms(12 * MIN + 30_000);
+        let store = h.open().await;
+        store.tick(back).await.unwrap();
+        let run_ats = |jobs: Vec<keel_core::Job>| -> Vec<i64> {
+            jobs.iter()
+                .map(|j| j.run_at.millis_since(T0) / MIN)
+                .collect()
+        };
+        assert_eq!(
+            run_ats(jobs_of(&*store, "none").await),
+            [0],
+            "none runs no missed tick"
+        );
+        assert_eq!(
+            run_ats(jobs_of(&*store, "one").await),
+            [0, 12],
+            "one runs the latest"
+        );
+        assert_eq!(
+            run_ats(jobs_of(&*store, "all").await),
+            (0..=12).collect::<Vec<_>>(),
+            "all runs every missed tick in order"
+        );
+        let none = store.schedule("none").await.unwrap().unwrap();
+        assert_eq!(
+            (
+                none.runs[0].outcome,
+                none.runs[0].tick_at,
+                none.runs[0].skipped_until
+            ),
+            (
+                RunOutcome::Skipped,
+                T0.plus_ms(5 * MIN),
+                Some(T0.plus_ms(10 * MIN))
+            )
+        );
+        assert_eq!(none.next_run_at, Some(T0.plus_ms(15 * MIN)));
+        let one = store.schedule("one").await.unwrap().unwrap();
+        assert_eq!(
+            one.runs
+                .iter()
+                .map(|r| (r.outcome, r.tick_at))
+                .collect::<Vec<_>>(),
+            [
+                (RunOutcome::Enqueued, T0.plus_ms(12 * MIN)),
+                (RunOutcome::Skipped, T0.plus_ms(MIN)),
+                (RunOutcome::Enqueued, T0),
+            ]
+        );
+        assert_eq!(one.runs[1].skipped_until, Some(T0.plus_ms(11 * MIN)));
+        for name in ["one", "all"] {
+            let s = store.schedule(name).await.unwrap().unwrap();
+            assert_eq!(s.next_run_at, Some(T0.plus_ms(13 * MIN)), "{name}");
+        }
+        // `none` still runs a tick fired only a little late (20 s: a restart, a busy machine).
+        store.tick(T0.plus_ms(15 * MIN + 20_000)).await.unwrap();
+        assert_eq!(run_ats(jobs_of(&*store, "none").await), [0, 15]);
+        // The audit log holds the puts only: firing is not an admin change.
+        assert_eq!(store.audit_log(None, 100).await.unwrap().len(), 3);
+    }
+
+    pub async fn schedule_pause_update_delete_are_audited_and_keep_the_clock(h: &dyn Harness) {
+        let store = h.open().await;
+        let spec = schedule_spec("q", None, CatchUp::All);
+        store
+            .put_schedule("s", spec.clone(), &op(), T0.plus_ms(-1))
+            .await
+            .unwrap();
+        store.tick(T0).await.unwrap();
+        let paused = store
+            .set_schedule_paused("s", true, &op(), T0.plus_ms(1))
+            .await
+            .unwrap();
+        assert!(paused.paused);
+        assert_eq!(paused.next_run_at, None);
+        // Paused through five ticks: nothing fires, and resuming does not catch them up.
+        store.tick(T0.plus_ms(5 * MIN + 10)).await.unwrap();
+        assert_eq!(jobs_of(&*store, "q").await.len(), 1);
+        let resumed = store
+            .set_schedule_paused("s", false, &op(), T0.plus_ms(5 * MIN + 20))
+            .await
+            .unwrap();
+        assert_eq!(resumed.next_run_at, Some(T0.plus_ms(6 * MIN)));
+        store.tick(T0.plus_ms(6 * MIN)).await.unwrap();
+        assert_eq!(jobs_of(&*store, "q").await.len(), 2);
+
+        // An update that lands while a tick is due but not yet fired keeps that tick; the
+        // replaced template applies to it.
+        let mut changed = spec.clone();
+        changed.job.priority = 7;
+        let updated = store
+            .put_schedule("s", changed, &op(), T0.plus_ms(7 * MIN + 2))
+            .await
+            .unwrap();
+        assert_eq!(updated.next_run_at, Some(T0.plus_ms(7 * MIN)));
+        assert_eq!(updated.created_at, T0.plus_ms(-1));
+        store.tick(T0.plus_ms(7 * MIN + 3)).await.unwrap();
+        let jobs = jobs_of(&*store, "q").await;
+        assert_eq!(jobs.len(), 3);
+        assert_eq!(jobs[2].priority, 7);
+
+        store
+            .delete_schedule("s", &op(), T0.plus_ms(8 * MIN))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.delete_schedule("s", &op(), T0.plus_ms(8 * MIN)).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            store.set_schedule_paused("s", true, &op(), T0).await,
+            Err(StoreError::NotFound)
+        ));
+        store.tick(T0.plus_ms(20 * MIN)).await.unwrap();
+        assert_eq!(
+            jobs_of(&*store, "q").await.len(),
+            3,
+            "deleted schedules stop; jobs stay"
+        );
+        assert!(store.schedules().await.unwrap().is_empty());
+        let actions: Vec<String> = store
+            .audit_log(None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .rev()
+            .map(|e| format!("{} {}", e.action, e.target))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                "schedule.created s",
+                "schedule.paused s",
+                "schedule.resumed s",
+                "schedule.updated s",
+                "schedule.deleted s"
+            ]
         );
     }
 }

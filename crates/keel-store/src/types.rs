@@ -1,6 +1,6 @@
 //! The values that cross the `Store` trait: requests and answers in domain terms, not SQL.
 
-use keel_core::{Job, Json, QueueConfig, QueueOverrides, Role, Scope, State, Time};
+use keel_core::{Job, Json, QueueConfig, QueueOverrides, Role, ScheduleSpec, Scope, State, Time};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -167,4 +167,64 @@ pub struct AuditEntry {
     /// What was changed: a token id, a queue name, a kind.
     pub target: String,
     pub data: serde_json::Value,
+}
+
+/// A schedule as stored, with where its clock stands and its latest runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduleRecord {
+    pub name: String,
+    pub spec: ScheduleSpec,
+    pub paused: bool,
+    /// The next tick that will fire; `None` while paused.
+    pub next_run_at: Option<Time>,
+    /// The latest tick fired or skipped; no tick at or before it fires again.
+    pub last_tick_at: Option<Time>,
+    pub created_at: Time,
+    pub updated_at: Time,
+    /// Newest first, at most [`SCHEDULE_RUNS_KEPT`].
+    pub runs: Vec<ScheduleRun>,
+}
+
+/// How many runs a schedule keeps for display.
+pub const SCHEDULE_RUNS_KEPT: usize = 20;
+
+/// One tick's fate (or, for `Skipped`, a span of ticks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleRun {
+    pub tick_at: Time,
+    pub fired_at: Time,
+    pub outcome: RunOutcome,
+    /// The tick's job (for `Enqueued`, and for `Duplicate` when the earlier job still exists).
+    pub job_id: Option<Uuid>,
+    /// For `Skipped`: the last skipped tick (`tick_at` is the first).
+    pub skipped_until: Option<Time>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    Enqueued,
+    /// The tick's idempotency key was already taken: the job exists from an earlier firing.
+    Duplicate,
+    /// Missed ticks the schedule's `catch_up` rule did not run.
+    Skipped,
+}
+
+impl RunOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Enqueued => "enqueued",
+            RunOutcome::Duplicate => "duplicate",
+            RunOutcome::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RunOutcome> {
+        [
+            RunOutcome::Enqueued,
+            RunOutcome::Duplicate,
+            RunOutcome::Skipped,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == text)
+    }
 }

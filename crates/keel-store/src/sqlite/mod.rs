@@ -8,6 +8,7 @@
 mod access;
 mod index;
 mod rows;
+mod schedules;
 mod schema;
 mod writer;
 
@@ -16,7 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use async_trait::async_trait;
-use keel_core::{Event, Job, Json, NewJob, QueueConfig, QueueOverrides, Scope, State, Time};
+use keel_core::{
+    Event, Job, Json, NewJob, QueueConfig, QueueOverrides, ScheduleSpec, Scope, State, Time,
+};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
@@ -25,7 +28,7 @@ use self::rows::{JOB_COLUMNS, event_from_row, job_from_row, state_col};
 use self::writer::{JobCommand, Request, Step, Writer, answer};
 use crate::types::{
     Actor, AuditEntry, Counts, Enqueued, JobFilter, JobPage, LeaseRequest, LeasedJob, Outcome,
-    QueueInfo, ReplayFilter, SchemaRecord, Tick, TokenRecord,
+    QueueInfo, ReplayFilter, ScheduleRecord, SchemaRecord, Tick, TokenRecord,
 };
 use crate::{Store, StoreError};
 
@@ -146,6 +149,13 @@ impl SqliteStore {
         let (actor, target) = (actor.clone(), target.to_owned());
         self.run(move |w| Ok(Ok(w.audit(&actor, action, &target, &data, now)?)))
             .await
+    }
+
+    /// A schedule just written, read back (a concurrent delete makes it `NotFound`).
+    async fn schedule_after_write(&self, name: String) -> Result<ScheduleRecord, StoreError> {
+        self.read(move |conn| schedules::read_schedule(conn, &name))
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     async fn read<T: Send + 'static>(
@@ -501,6 +511,56 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         self.read(move |conn| access::read_audit(conn, before, limit))
+            .await
+    }
+
+    async fn put_schedule(
+        &self,
+        name: &str,
+        spec: ScheduleSpec,
+        actor: &Actor,
+        now: Time,
+    ) -> Result<ScheduleRecord, StoreError> {
+        let (name, actor) = (name.to_owned(), actor.clone());
+        let n = name.clone();
+        self.run(move |w| w.put_schedule(&n, spec, &actor, now))
+            .await?;
+        self.schedule_after_write(name).await
+    }
+
+    async fn delete_schedule(
+        &self,
+        name: &str,
+        actor: &Actor,
+        now: Time,
+    ) -> Result<(), StoreError> {
+        let (name, actor) = (name.to_owned(), actor.clone());
+        self.run(move |w| w.delete_schedule(&name, &actor, now))
+            .await
+    }
+
+    async fn set_schedule_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        actor: &Actor,
+        now: Time,
+    ) -> Result<ScheduleRecord, StoreError> {
+        let (name, actor) = (name.to_owned(), actor.clone());
+        let n = name.clone();
+        self.run(move |w| w.set_schedule_paused(&n, paused, &actor, now))
+            .await?;
+        self.schedule_after_write(name).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        self.read(|conn| schedules::read_schedules(conn, None))
+            .await
+    }
+
+    async fn schedule(&self, name: &str) -> Result<Option<ScheduleRecord>, StoreError> {
+        let name = name.to_owned();
+        self.read(move |conn| schedules::read_schedule(conn, &name))
             .await
     }
 

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::index::{Entry, Index};
 use super::rows::{JOB_COLUMNS, insert_event, insert_job, job_from_row, update_job, uuid_col};
+use super::schedules::{self, ArmedSet, load_armed};
 use crate::StoreError;
 use crate::types::{Enqueued, LeaseRequest, LeasedJob, Outcome, OutcomeKind, ReplayFilter, Tick};
 
@@ -106,6 +107,7 @@ pub(crate) struct Writer {
     idempotency_ttl_ms: i64,
     index: Index,
     queues: HashMap<String, QueueState>,
+    pub(super) schedules: ArmedSet,
     rng: SplitMix64,
     last_id_ms: i64,
     /// The `rand_a` counter of the last id within `last_id_ms`.
@@ -133,6 +135,7 @@ impl Writer {
             idempotency_ttl_ms,
             index: Index::default(),
             queues: HashMap::new(),
+            schedules: ArmedSet::new(),
             rng: SplitMix64(seed),
             last_id_ms: 0,
             id_seq: 0,
@@ -170,6 +173,7 @@ impl Writer {
             self.queues.insert(name, QueueState { config, paused });
         }
         drop(stmt);
+        self.schedules = load_armed(&self.conn)?;
 
         self.index = Index::default();
         let mut stmt = self.conn.prepare(
@@ -228,7 +232,7 @@ impl Writer {
         let mut done: Vec<Done> = Vec::with_capacity(group.len());
         let mut close = false;
         self.wake = false;
-        let due_before = self.index.next_due();
+        let due_before = self.next_due();
         let changes_before = self.conn.total_changes();
         self.fatal = match self.conn.execute_batch("BEGIN IMMEDIATE") {
             Ok(()) => None,
@@ -254,7 +258,7 @@ impl Writer {
                     self.healthy.store(true, Ordering::Relaxed);
                 }
                 // Something became due sooner: the timer loop must re-plan its sleep.
-                let due_after = self.index.next_due();
+                let due_after = self.next_due();
                 self.wake |= due_after.is_some_and(|a| due_before.is_none_or(|b| a < b));
             }
             Some(e) => {
@@ -363,6 +367,14 @@ impl Writer {
                 self.fatal = Some(e);
                 Err(copy)
             }
+        }
+    }
+
+    /// The earliest moment something is due: a scheduled job, a lease expiry, a schedule's tick.
+    fn next_due(&self) -> Option<Time> {
+        match (self.index.next_due(), schedules::next_due(&self.schedules)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -484,7 +496,7 @@ impl Writer {
         Uuid::from_bytes(bytes)
     }
 
-    fn enqueue(&mut self, jobs: Vec<NewJob>, now: Time) -> Step<Vec<Enqueued>> {
+    pub(super) fn enqueue(&mut self, jobs: Vec<NewJob>, now: Time) -> Step<Vec<Enqueued>> {
         // Pass 1 decides every item before anything is written, so a conflict writes nothing.
         enum Plan {
             /// With the request's fingerprint when it carries an idempotency key.
@@ -647,8 +659,8 @@ impl Writer {
                 now.plus_ms(RETENTION_EVERY_MS)
             };
         }
+        self.fire_schedules(now)?;
         let next_due = self
-            .index
             .next_due()
             .map_or(self.next_retention, |t| t.min(self.next_retention));
         Ok(Ok(Tick {
