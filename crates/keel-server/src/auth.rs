@@ -40,6 +40,8 @@ pub(crate) enum Need {
     ConfigureQueues,
     ReadSchemas,
     ConfigureSchemas,
+    ReadSchedules,
+    ConfigureSchedules,
     ManageTokens,
     ReadAudit,
 }
@@ -52,7 +54,10 @@ pub(crate) fn permits(role: Role, need: Need) -> bool {
         Role::Admin => true,
         Role::Producer => matches!(need, Enqueue | ReadJobs | CancelJobs),
         Role::Worker => matches!(need, Work | ReadJobs),
-        Role::Viewer => matches!(need, ReadJobs | ReadQueues | ReadSchemas | ReadAudit),
+        Role::Viewer => matches!(
+            need,
+            ReadJobs | ReadQueues | ReadSchemas | ReadSchedules | ReadAudit
+        ),
     }
 }
 

@@ -103,6 +103,7 @@ pub(crate) fn document() -> Value {
     let job_id = || path_param("id", json!({"type": "string", "format": "uuid"}));
     let queue_name = || path_param("name", name_schema());
     let kind_name = || path_param("kind", name_schema());
+    let schedule_name = || path_param("name", name_schema());
     let job_ok = || ok("The job.", r("Job"));
     let queue_ok = || ok("The queue.", r("Queue"));
     let paths = json!({
@@ -219,6 +220,26 @@ pub(crate) fn document() -> Value {
             "delete": operation("deleteSchema", "Stop checking a kind's payloads", vec![kind_name()], None,
                 vec![("204", json!({"description": "Deleted."}))], Errs::Command),
         },
+        "/v1/schedules": {
+            "get": operation("listSchedules", "Every schedule, with its next tick and latest runs", vec![], None,
+                vec![("200", ok("Schedules.", json!({"type": "array", "items": r("Schedule")})))], Errs::Read),
+        },
+        "/v1/schedules/{name}": {
+            "get": operation("getSchedule", "A schedule", vec![schedule_name()], None, vec![("200", ok("The schedule.", r("Schedule")))], Errs::Read),
+            "put": operation("putSchedule", "Create or replace a schedule (cron in a time zone, or every_ms)", vec![schedule_name()],
+                Some(json_body(r("ScheduleRequest"))),
+                vec![("201", ok("Created.", r("Schedule"))), ("200", ok("Replaced.", r("Schedule")))], Errs::Body),
+            "delete": operation("deleteSchedule", "Delete a schedule (its jobs stay)", vec![schedule_name()], None,
+                vec![("204", json!({"description": "Deleted."}))], Errs::Command),
+        },
+        "/v1/schedules/{name}/pause": {
+            "post": operation("pauseSchedule", "Stop firing until resumed", vec![schedule_name()], None,
+                vec![("200", ok("The schedule.", r("Schedule")))], Errs::Command),
+        },
+        "/v1/schedules/{name}/resume": {
+            "post": operation("resumeSchedule", "Fire again from the next tick (ticks missed while paused do not run)", vec![schedule_name()], None,
+                vec![("200", ok("The schedule.", r("Schedule")))], Errs::Command),
+        },
         "/v1/tokens": {
             "post": operation("createToken", "Create an API token (its secret is shown only here)", vec![],
                 Some(json_body(json!({"type": "object", "required": ["name", "role"], "additionalProperties": false, "properties": {
@@ -274,7 +295,10 @@ fn components() -> Value {
         ("400", "Malformed JSON."),
         ("401", "No token, or an unknown or revoked one."),
         ("403", "The token's role or queues do not allow this."),
-        ("404", "No such job, queue, schema, token or route."),
+        (
+            "404",
+            "No such job, queue, schema, schedule, token or route.",
+        ),
         ("408", "The request body did not arrive in time."),
         (
             "409",
@@ -333,6 +357,34 @@ fn components() -> Value {
                 "backoff": r("Backoff"),
                 "idempotency_key": idempotency_key(),
                 "tags": {"type": "array", "maxItems": 32, "items": name_schema()}}},
+            "ScheduleJob": {"type": "object", "required": ["queue", "kind", "payload"], "additionalProperties": false,
+                "description": "An enqueue request without run_at, delay_ms and idempotency_key: each tick's job runs at the tick and is keyed schedule:<name>:<tick>.",
+                "properties": {
+                "queue": name_schema(), "kind": name_schema(), "payload": {},
+                "priority": {"type": "integer", "minimum": -1000, "maximum": 1000},
+                "max_attempts": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 86_400_000},
+                "backoff": r("Backoff"),
+                "tags": {"type": "array", "maxItems": 32, "items": name_schema()}}},
+            "ScheduleRequest": {"type": "object", "required": ["job"], "additionalProperties": false,
+                "oneOf": [{"required": ["cron"], "not": {"required": ["every_ms"]}}, {"required": ["every_ms"], "not": {"anyOf": [{"required": ["cron"]}, {"required": ["timezone"]}]}}],
+                "properties": {
+                "cron": {"type": "string", "maxLength": 256, "description": "5 fields (or 6 with seconds first), or @hourly/@daily/@weekly/@monthly/@yearly."},
+                "timezone": {"type": "string", "description": "IANA zone name; default UTC."},
+                "every_ms": {"type": "integer", "minimum": 1_000, "maximum": 31_622_400_000i64},
+                "catch_up": r("CatchUp"),
+                "paused": {"type": "boolean"},
+                "job": r("ScheduleJob")}},
+            "CatchUp": {"enum": ["none", "one", "all"]},
+            "Schedule": {"type": "object", "required": ["name", "catch_up", "paused", "job", "next_run_at", "last_tick_at", "created_at", "updated_at", "runs"],
+                "properties": {
+                "name": {"type": "string"}, "cron": {"type": "string"}, "timezone": {"type": "string"}, "every_ms": {"type": "integer"},
+                "catch_up": r("CatchUp"), "paused": {"type": "boolean"}, "job": r("ScheduleJob"),
+                "next_run_at": nullable(r("Time")), "last_tick_at": nullable(r("Time")),
+                "created_at": r("Time"), "updated_at": r("Time"),
+                "runs": {"type": "array", "items": {"type": "object", "required": ["tick_at", "fired_at", "outcome", "job_id"], "properties": {
+                    "tick_at": r("Time"), "fired_at": r("Time"), "outcome": {"enum": ["enqueued", "duplicate", "skipped"]},
+                    "job_id": nullable(json!({"type": "string", "format": "uuid"})), "skipped_until": r("Time")}}}}},
             "ErrorReport": {"type": "object", "required": ["message"], "additionalProperties": false, "properties": {
                 "message": {"type": "string", "maxLength": 8192}, "type": {"type": "string", "maxLength": 128}, "retryable": {"type": "boolean"}}},
             "AckItem": {"oneOf": [

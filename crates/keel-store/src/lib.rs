@@ -162,11 +162,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// Creates or replaces the schedule `name` (the caller has checked the cadence and the job
-    /// template). A replaced schedule keeps its clock: no tick it fired fires again.
+    /// template), paused or not (`None`: as it was; a new one runs). A replaced schedule keeps
+    /// its clock: no tick it fired fires again.
     async fn put_schedule(
         &self,
         name: &str,
         spec: ScheduleSpec,
+        paused: Option<bool>,
         actor: &Actor,
         now: Time,
     ) -> Result<ScheduleRecord, StoreError>;

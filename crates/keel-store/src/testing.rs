@@ -1326,6 +1326,7 @@ pub mod cases {
             .put_schedule(
                 "daily",
                 schedule_spec("reports", Some("0 7 * * *"), CatchUp::One),
+                None,
                 &op(),
                 before,
             )
@@ -1382,6 +1383,7 @@ pub mod cases {
             .put_schedule(
                 "minutely",
                 schedule_spec("q", None, CatchUp::All),
+                None,
                 &op(),
                 T0.plus_ms(-30_000),
             )
@@ -1437,7 +1439,13 @@ pub mod cases {
             ("all", None, CatchUp::All),
         ] {
             store
-                .put_schedule(name, schedule_spec(name, cron, mode), &op(), T0.plus_ms(-1))
+                .put_schedule(
+                    name,
+                    schedule_spec(name, cron, mode),
+                    None,
+                    &op(),
+                    T0.plus_ms(-1),
+                )
                 .await
                 .unwrap();
         }
@@ -1509,7 +1517,7 @@ pub mod cases {
         let store = h.open().await;
         let spec = schedule_spec("q", None, CatchUp::All);
         store
-            .put_schedule("s", spec.clone(), &op(), T0.plus_ms(-1))
+            .put_schedule("s", spec.clone(), None, &op(), T0.plus_ms(-1))
             .await
             .unwrap();
         store.tick(T0).await.unwrap();
@@ -1535,7 +1543,7 @@ pub mod cases {
         let mut changed = spec.clone();
         changed.job.priority = 7;
         let updated = store
-            .put_schedule("s", changed, &op(), T0.plus_ms(7 * MIN + 2))
+            .put_schedule("s", changed, None, &op(), T0.plus_ms(7 * MIN + 2))
             .await
             .unwrap();
         assert_eq!(updated.next_run_at, Some(T0.plus_ms(7 * MIN)));

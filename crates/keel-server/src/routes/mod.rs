@@ -4,6 +4,7 @@ mod admin;
 mod health;
 mod jobs;
 mod queues;
+mod schedules;
 mod schemas;
 mod workers;
 
@@ -64,6 +65,15 @@ pub(crate) fn router(state: AppState) -> Router {
             "/v1/schemas/{kind}",
             get(schemas::get).put(schemas::put).delete(schemas::delete),
         )
+        .route("/v1/schedules", get(schedules::list))
+        .route(
+            "/v1/schedules/{name}",
+            get(schedules::get)
+                .put(schedules::put)
+                .delete(schedules::delete),
+        )
+        .route("/v1/schedules/{name}/pause", post(schedules::pause))
+        .route("/v1/schedules/{name}/resume", post(schedules::resume))
         .route_layer(from_fn_with_state(state.clone(), authenticate))
         .route_layer(from_fn_with_state(
             Budget::new(state.config.max_in_flight),

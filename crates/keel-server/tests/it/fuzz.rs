@@ -95,6 +95,12 @@ fn valid_bodies(id: &str) -> Vec<(&'static str, String, Value)> {
             "/v1/schemas/fz.kind".into(),
             json!({"schema": {"type": "object"}}),
         ),
+        (
+            "PUT",
+            "/v1/schedules/fz".into(),
+            json!({"cron": "*/5 * * * *", "timezone": "Europe/Berlin", "catch_up": "all", "paused": false,
+                   "job": {"queue": "fz", "kind": "k", "payload": {"a": 1}, "priority": 1, "max_attempts": 3, "tags": ["t"]}}),
+        ),
     ]
 }
 

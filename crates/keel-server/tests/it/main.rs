@@ -13,5 +13,6 @@ mod jobs;
 mod limits;
 mod openapi;
 mod queues;
+mod schedules;
 mod schemas;
 mod workers;

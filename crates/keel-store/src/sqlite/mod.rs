@@ -518,12 +518,13 @@ impl Store for SqliteStore {
         &self,
         name: &str,
         spec: ScheduleSpec,
+        paused: Option<bool>,
         actor: &Actor,
         now: Time,
     ) -> Result<ScheduleRecord, StoreError> {
         let (name, actor) = (name.to_owned(), actor.clone());
         let n = name.clone();
-        self.run(move |w| w.put_schedule(&n, spec, &actor, now))
+        self.run(move |w| w.put_schedule(&n, spec, paused, &actor, now))
             .await?;
         self.schedule_after_write(name).await
     }

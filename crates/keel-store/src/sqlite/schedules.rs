@@ -95,13 +95,15 @@ fn audit_data(spec: &ScheduleSpec) -> serde_json::Value {
 }
 
 impl Writer {
-    /// Creates or replaces a schedule. A replaced schedule keeps its clock: the tick it was
-    /// waiting for (if the new cadence has it) still fires, and no tick it already fired fires
-    /// again. A new one starts at its first tick at or after `now`.
+    /// Creates or replaces a schedule, paused or not (`None`: as it was; new ones run). A
+    /// replaced schedule keeps its clock: the tick it was waiting for (if the new cadence has it)
+    /// still fires, and no tick it already fired fires again. A new or resumed one starts at its
+    /// first tick at or after `now`.
     pub(super) fn put_schedule(
         &mut self,
         name: &str,
         spec: ScheduleSpec,
+        paused: Option<bool>,
         actor: &Actor,
         now: Time,
     ) -> Step<()> {
@@ -111,8 +113,9 @@ impl Writer {
         };
         let existing = self.schedules.get(name);
         let created = existing.is_none();
-        let paused = existing.is_some_and(|a| a.paused);
+        let paused = paused.unwrap_or(existing.is_some_and(|a| a.paused));
         let last = existing.and_then(|a| a.last_tick_at);
+        // While it was waiting, keep its due tick; once paused, start from now.
         let from = existing
             .and_then(|a| a.next_run_at)
             .map_or(now, |n| n.min(now));
@@ -125,16 +128,19 @@ impl Writer {
         self.conn
             .prepare_cached(
                 "INSERT INTO schedules (name, spec, paused, next_run_at, last_tick_at, created_at, updated_at) \
-                 VALUES (?1, ?2, 0, ?3, NULL, ?4, ?4) \
-                 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, next_run_at = excluded.next_run_at, updated_at = excluded.updated_at",
+                 VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?5) \
+                 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, paused = excluded.paused, \
+                 next_run_at = excluded.next_run_at, updated_at = excluded.updated_at",
             )?
-            .execute(params![name, text, next.map(Time::as_millis), now.as_millis()])?;
+            .execute(params![name, text, paused, next.map(Time::as_millis), now.as_millis()])?;
         let action = if created {
             "schedule.created"
         } else {
             "schedule.updated"
         };
-        self.audit(actor, action, name, &audit_data(&spec), now)?;
+        let mut data = audit_data(&spec);
+        data["paused"] = paused.into();
+        self.audit(actor, action, name, &data, now)?;
         self.schedules.insert(
             name.to_owned(),
             Armed {
