@@ -17,8 +17,8 @@ use uuid::Uuid;
 use crate::error::{Error, Problem};
 use crate::types::{
     AckItem, AckResult, AuditPage, CreatedToken, EnqueueRequest, Enqueued, Event, Failure,
-    JobFilter, JobPage, LeaseRequest, LeasedJob, NewToken, QueueInfo, QueuePatch, SchemaInfo,
-    TokenInfo,
+    JobFilter, JobPage, LeaseRequest, LeasedJob, NewToken, QueueInfo, QueuePatch, ScheduleInfo,
+    ScheduleRequest, SchemaInfo, TokenInfo,
 };
 
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8470";
@@ -598,6 +598,65 @@ impl Client {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Creates or replaces the schedule `name` (admin only). Replacing keeps its clock: no tick
+    /// it already fired fires again.
+    pub async fn put_schedule(
+        &self,
+        name: &str,
+        req: &ScheduleRequest,
+    ) -> Result<ScheduleInfo, Error> {
+        Ok(self
+            .request(
+                Method::PUT,
+                &format!("/v1/schedules/{}", encode(name)),
+                Some(req),
+                Repeat::Safe,
+                Duration::ZERO,
+            )
+            .await?
+            .0)
+    }
+
+    pub async fn schedule(&self, name: &str) -> Result<ScheduleInfo, Error> {
+        self.get(&format!("/v1/schedules/{}", encode(name))).await
+    }
+
+    pub async fn schedules(&self) -> Result<Vec<ScheduleInfo>, Error> {
+        self.get("/v1/schedules").await
+    }
+
+    /// Deletes a schedule; the jobs it enqueued stay.
+    pub async fn delete_schedule(&self, name: &str) -> Result<(), Error> {
+        self.request::<()>(
+            Method::DELETE,
+            &format!("/v1/schedules/{}", encode(name)),
+            None::<&()>,
+            Repeat::Safe,
+            Duration::ZERO,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn pause_schedule(&self, name: &str) -> Result<ScheduleInfo, Error> {
+        self.post(
+            &format!("/v1/schedules/{}/pause", encode(name)),
+            &json!({}),
+            Repeat::Safe,
+        )
+        .await
+    }
+
+    /// Resumes at the next tick from now; ticks missed while paused do not run.
+    pub async fn resume_schedule(&self, name: &str) -> Result<ScheduleInfo, Error> {
+        self.post(
+            &format!("/v1/schedules/{}/resume", encode(name)),
+            &json!({}),
+            Repeat::Safe,
+        )
+        .await
     }
 
     /// One page of the audit log, newest first; pass the previous page's `next_cursor`.

@@ -17,5 +17,6 @@ pub use keel_core::{Backoff, Job, State, Time};
 pub use types::{
     AckItem, AckOutcome, AckResult, AuditActor, AuditEntry, AuditPage, Counts, CreatedToken,
     EnqueueRequest, Enqueued, Event, Failure, JobFilter, JobPage, LeaseInfo, LeaseRequest,
-    LeasedJob, NewToken, QueueInfo, QueuePatch, SchemaInfo, TokenInfo,
+    LeasedJob, NewToken, QueueInfo, QueuePatch, ScheduleInfo, ScheduleRequest, ScheduleRun,
+    SchemaInfo, TokenInfo,
 };

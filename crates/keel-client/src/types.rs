@@ -275,6 +275,96 @@ pub struct SchemaInfo {
     pub updated_at: Time,
 }
 
+/// `PUT /v1/schedules/{name}`: a job template enqueued on a cron pattern in a time zone, or
+/// every `every_ms`. The job must not set `run_at`, `delay_ms` or `idempotency_key`: each tick's
+/// job runs at its tick and is keyed `schedule:<name>:<tick>`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// IANA zone of `cron` (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_ms: Option<u64>,
+    /// `none`, `one` (the default) or `all`: what happens to ticks missed while down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<String>,
+    /// Create or leave it paused (`None`: as it was; a new one runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+    pub job: EnqueueRequest,
+}
+
+impl ScheduleRequest {
+    pub fn cron(expr: impl Into<String>, timezone: impl Into<String>, job: EnqueueRequest) -> Self {
+        ScheduleRequest {
+            cron: Some(expr.into()),
+            timezone: Some(timezone.into()),
+            every_ms: None,
+            catch_up: None,
+            paused: None,
+            job,
+        }
+    }
+
+    pub fn every(every: Duration, job: EnqueueRequest) -> Self {
+        ScheduleRequest {
+            cron: None,
+            timezone: None,
+            every_ms: Some(every.as_millis() as u64),
+            catch_up: None,
+            paused: None,
+            job,
+        }
+    }
+
+    pub fn catch_up(mut self, mode: impl Into<String>) -> Self {
+        self.catch_up = Some(mode.into());
+        self
+    }
+
+    pub fn paused(mut self, paused: bool) -> Self {
+        self.paused = Some(paused);
+        self
+    }
+}
+
+/// A schedule as the server shows it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ScheduleInfo {
+    pub name: String,
+    #[serde(default)]
+    pub cron: Option<String>,
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub every_ms: Option<u64>,
+    pub catch_up: String,
+    pub paused: bool,
+    pub job: EnqueueRequest,
+    /// `None` while paused.
+    pub next_run_at: Option<Time>,
+    pub last_tick_at: Option<Time>,
+    pub created_at: Time,
+    pub updated_at: Time,
+    /// Newest first (the last 20).
+    pub runs: Vec<ScheduleRun>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ScheduleRun {
+    pub tick_at: Time,
+    pub fired_at: Time,
+    /// `enqueued`, `duplicate` (the tick's job already existed) or `skipped` (by catch-up).
+    pub outcome: String,
+    pub job_id: Option<Uuid>,
+    /// For `skipped`: the last skipped tick (`tick_at` is the first).
+    #[serde(default)]
+    pub skipped_until: Option<Time>,
+}
+
 /// `POST /v1/tokens`.
 #[derive(Clone, Debug, Serialize)]
 pub struct NewToken {

@@ -4,7 +4,10 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
-use keel_client::{Client, EnqueueRequest, Error, JobFilter, QueuePatch, State, Time};
+use keel_client::{
+    Client, EnqueueRequest, Error, JobFilter, QueuePatch, ScheduleInfo, ScheduleRequest, State,
+    Time,
+};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -583,6 +586,186 @@ pub async fn audit(ctx: &Ctx, limit: u32) -> Outcome {
         &["WHEN", "BY", "ACTION", "TARGET", "DETAILS"],
         &rows,
     );
+    Ok(exit::OK)
+}
+
+#[derive(clap::Args)]
+pub struct ScheduleArgs {
+    /// Schedule name ([A-Za-z0-9._:-], up to 128 characters).
+    pub name: String,
+    /// Cron pattern: 5 fields (6 with seconds first) or @hourly, @daily, ...
+    #[arg(
+        long,
+        conflicts_with = "every_ms",
+        required_unless_present = "every_ms"
+    )]
+    pub cron: Option<String>,
+    /// IANA time zone of --cron (default UTC).
+    #[arg(long, requires = "cron")]
+    pub timezone: Option<String>,
+    /// Tick every N milliseconds instead (on multiples of N since the Unix epoch).
+    #[arg(long)]
+    pub every_ms: Option<u64>,
+    /// What runs after downtime: none, one (default) or all of the missed ticks.
+    #[arg(long, value_parser = ["none", "one", "all"])]
+    pub catch_up: Option<String>,
+    /// Create it (or leave it) paused.
+    #[arg(long)]
+    pub paused: bool,
+    /// The queue of each tick's job.
+    #[arg(long)]
+    pub queue: String,
+    /// The kind of each tick's job.
+    #[arg(long)]
+    pub kind: String,
+    /// JSON payload of each tick's job (default `{}`).
+    #[arg(long, value_parser = parse_json)]
+    pub payload: Option<Value>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Repeatable.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+pub async fn schedules_set(ctx: &Ctx, a: ScheduleArgs) -> Outcome {
+    let mut job = EnqueueRequest::new(
+        a.queue,
+        a.kind,
+        a.payload.unwrap_or(Value::Object(Default::default())),
+    );
+    job.priority = a.priority;
+    job.max_attempts = a.max_attempts;
+    job.tags = a.tags;
+    let req = ScheduleRequest {
+        cron: a.cron,
+        timezone: a.timezone,
+        every_ms: a.every_ms,
+        catch_up: a.catch_up,
+        paused: a.paused.then_some(true),
+        job,
+    };
+    let info = ctx.client.put_schedule(&a.name, &req).await?;
+    if ctx.json {
+        ctx.print_json(&info);
+    } else {
+        let next = info
+            .next_run_at
+            .map_or("paused".to_owned(), |t| format!("next tick {t}"));
+        println!("set schedule {} ({next})", info.name);
+    }
+    Ok(exit::OK)
+}
+
+fn cadence(s: &ScheduleInfo) -> String {
+    match (&s.cron, &s.timezone, s.every_ms) {
+        (Some(c), Some(tz), _) => format!("{c} ({tz})"),
+        (Some(c), None, _) => c.clone(),
+        (None, _, Some(ms)) => format!("every {ms} ms"),
+        _ => "?".to_owned(),
+    }
+}
+
+pub async fn schedules_ls(ctx: &Ctx) -> Outcome {
+    let all = ctx.client.schedules().await?;
+    if ctx.json {
+        ctx.print_json(&all);
+        return Ok(exit::OK);
+    }
+    if all.is_empty() {
+        println!("no schedules");
+        return Ok(exit::OK);
+    }
+    let now = render::now();
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                cadence(s),
+                format!("{}/{}", s.job.queue, s.job.kind),
+                s.next_run_at
+                    .map_or("paused".to_owned(), |t| relative(t, now)),
+                s.runs.first().map_or("-".to_owned(), |r| {
+                    format!("{} {}", r.outcome, relative(r.tick_at, now))
+                }),
+            ]
+        })
+        .collect();
+    render::table(
+        &ctx.style,
+        &["NAME", "CADENCE", "QUEUE/KIND", "NEXT", "LAST RUN"],
+        &rows,
+    );
+    Ok(exit::OK)
+}
+
+pub async fn schedules_show(ctx: &Ctx, name: &str) -> Outcome {
+    let s = ctx.client.schedule(name).await?;
+    if ctx.json {
+        ctx.print_json(&s);
+        return Ok(exit::OK);
+    }
+    let now = render::now();
+    println!("schedule   {}", s.name);
+    println!("cadence    {}", cadence(&s));
+    println!("catch-up   {}", s.catch_up);
+    println!(
+        "job        {}/{} {}",
+        s.job.queue, s.job.kind, s.job.payload
+    );
+    match s.next_run_at {
+        Some(t) => println!("next tick  {t} ({})", relative(t, now)),
+        None => println!("next tick  - (paused)"),
+    }
+    if s.runs.is_empty() {
+        println!("no runs yet");
+        return Ok(exit::OK);
+    }
+    let rows: Vec<Vec<String>> = s
+        .runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.tick_at.to_string(),
+                r.outcome.clone(),
+                match (r.job_id, r.skipped_until) {
+                    (Some(id), _) => id.to_string(),
+                    (None, Some(until)) => format!("through {until}"),
+                    _ => "-".to_owned(),
+                },
+            ]
+        })
+        .collect();
+    render::table(&ctx.style, &["TICK", "OUTCOME", "JOB"], &rows);
+    Ok(exit::OK)
+}
+
+pub async fn schedules_rm(ctx: &Ctx, name: &str) -> Outcome {
+    ctx.client.delete_schedule(name).await?;
+    if ctx.json {
+        ctx.print_json(&serde_json::json!({ "deleted": name }));
+    } else {
+        println!("deleted schedule {name} (the jobs it enqueued stay)");
+    }
+    Ok(exit::OK)
+}
+
+pub async fn schedules_pause(ctx: &Ctx, name: &str, paused: bool) -> Outcome {
+    let s = if paused {
+        ctx.client.pause_schedule(name).await?
+    } else {
+        ctx.client.resume_schedule(name).await?
+    };
+    if ctx.json {
+        ctx.print_json(&s);
+    } else if let Some(t) = s.next_run_at {
+        println!("resumed schedule {name}; next tick {t}");
+    } else {
+        println!("paused schedule {name}");
+    }
     Ok(exit::OK)
 }
 

@@ -77,6 +77,9 @@ enum Command {
     /// Set, show, list and delete payload schemas (JSON Schema 2020-12 per job kind).
     #[command(subcommand)]
     Schemas(SchemasCmd),
+    /// Create, list, pause and delete schedules (cron or fixed-interval jobs).
+    #[command(subcommand)]
+    Schedules(SchedulesCmd),
     /// Show the audit log of admin changes, newest first.
     #[command(after_help = "Examples:\n  keel audit\n  keel audit --limit 200 --json")]
     Audit {
@@ -225,6 +228,30 @@ enum DeadCmd {
         #[arg(long)]
         limit: Option<u32>,
     },
+}
+
+#[derive(Subcommand)]
+enum SchedulesCmd {
+    /// Create or replace a schedule; replacing keeps its clock (no tick fires twice).
+    #[command(
+        after_help = "Examples:\n  keel schedules set daily-report --cron '0 7 * * MON-FRI' --timezone Europe/Berlin --queue reports --kind report.daily --payload '{\"team\": \"sales\"}'\n  keel schedules set sync-partners --every-ms 300000 --queue sync --kind partner.sync --catch-up none"
+    )]
+    Set(Box<commands::ScheduleArgs>),
+    /// List schedules with their next tick and last run.
+    #[command(after_help = "Example:\n  keel schedules ls")]
+    Ls,
+    /// Show a schedule and its latest runs.
+    #[command(after_help = "Example:\n  keel schedules show daily-report")]
+    Show { name: String },
+    /// Stop firing until resumed.
+    #[command(after_help = "Example:\n  keel schedules pause daily-report")]
+    Pause { name: String },
+    /// Fire again from the next tick (ticks missed while paused do not run).
+    #[command(after_help = "Example:\n  keel schedules resume daily-report")]
+    Resume { name: String },
+    /// Delete a schedule (the jobs it enqueued stay).
+    #[command(after_help = "Example:\n  keel schedules rm daily-report")]
+    Rm { name: String },
 }
 
 #[derive(Subcommand)]
@@ -509,6 +536,18 @@ async fn run(ctx: &Ctx, command: Command) -> commands::Outcome {
         Command::Tokens(TokensCmd::Ls) => commands::tokens_ls(ctx).await,
         Command::Tokens(TokensCmd::Rm { id }) => commands::tokens_rm(ctx, id).await,
         Command::Audit { limit } => commands::audit(ctx, limit).await,
+        Command::Schedules(SchedulesCmd::Set(args)) => commands::schedules_set(ctx, *args).await,
+        Command::Schedules(SchedulesCmd::Ls) => commands::schedules_ls(ctx).await,
+        Command::Schedules(SchedulesCmd::Show { name }) => {
+            commands::schedules_show(ctx, &name).await
+        }
+        Command::Schedules(SchedulesCmd::Pause { name }) => {
+            commands::schedules_pause(ctx, &name, true).await
+        }
+        Command::Schedules(SchedulesCmd::Resume { name }) => {
+            commands::schedules_pause(ctx, &name, false).await
+        }
+        Command::Schedules(SchedulesCmd::Rm { name }) => commands::schedules_rm(ctx, &name).await,
         Command::Schemas(SchemasCmd::Set { kind, file }) => {
             commands::schemas_set(ctx, &kind, &file).await
         }

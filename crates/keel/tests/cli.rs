@@ -266,6 +266,12 @@ fn every_subcommand_has_help_with_an_example_and_completions_exist() {
         vec!["schemas", "show"],
         vec!["schemas", "ls"],
         vec!["schemas", "rm"],
+        vec!["schedules", "set"],
+        vec!["schedules", "ls"],
+        vec!["schedules", "show"],
+        vec!["schedules", "pause"],
+        vec!["schedules", "resume"],
+        vec!["schedules", "rm"],
         vec!["bench"],
     ] {
         let mut full = args.clone();
@@ -421,6 +427,113 @@ fn schemas_are_set_shown_enforced_and_removed() {
             &["enqueue", "emails", "email.welcome", r#"{"to": 5}"#]
         )),
         0
+    );
+}
+
+#[test]
+fn schedules_are_set_listed_fired_paused_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Keel::start(dir.path());
+    let out = keel(
+        &server,
+        &[
+            "schedules",
+            "set",
+            "daily-report",
+            "--cron",
+            "0 7 * * MON-FRI",
+            "--timezone",
+            "Europe/Berlin",
+            "--queue",
+            "reports",
+            "--kind",
+            "report.daily",
+            "--payload",
+            r#"{"team": "sales"}"#,
+        ],
+    );
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    assert!(
+        text(&out)
+            .0
+            .contains("set schedule daily-report (next tick 20"),
+        "{:?}",
+        text(&out)
+    );
+
+    let out = keel(
+        &server,
+        &[
+            "schedules",
+            "set",
+            "bad",
+            "--cron",
+            "0 25 * * *",
+            "--queue",
+            "q",
+            "--kind",
+            "k",
+        ],
+    );
+    assert_eq!(code(&out), 1);
+    assert!(text(&out).1.contains("/cron"), "{:?}", text(&out));
+    // --cron and --every-ms exclude each other; one is required (usage error).
+    let out = keel(
+        &server,
+        &["schedules", "set", "x", "--queue", "q", "--kind", "k"],
+    );
+    assert_eq!(code(&out), 2, "{:?}", text(&out));
+
+    let out = keel(
+        &server,
+        &[
+            "schedules",
+            "set",
+            "fast",
+            "--every-ms",
+            "1000",
+            "--queue",
+            "fast",
+            "--kind",
+            "tick",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let fired = loop {
+        let shown: Value =
+            serde_json::from_slice(&keel(&server, &["--json", "schedules", "show", "fast"]).stdout)
+                .unwrap();
+        if shown["runs"].as_array().is_some_and(|r| !r.is_empty()) {
+            break shown;
+        }
+        assert!(std::time::Instant::now() < deadline, "never fired: {shown}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(fired["runs"][0]["outcome"], "enqueued");
+    let (shown, _) = text(&keel(&server, &["schedules", "show", "fast"]));
+    assert!(
+        shown.contains("every 1000 ms") && shown.contains("enqueued"),
+        "{shown}"
+    );
+
+    let (ls, _) = text(&keel(&server, &["schedules", "ls"]));
+    assert!(
+        ls.contains("daily-report") && ls.contains("0 7 * * MON-FRI (Europe/Berlin)"),
+        "{ls}"
+    );
+    assert!(ls.contains("fast") && ls.contains("fast/tick"), "{ls}");
+
+    let (out, _) = text(&keel(&server, &["schedules", "pause", "fast"]));
+    assert!(out.contains("paused schedule fast"), "{out}");
+    let (out, _) = text(&keel(&server, &["schedules", "resume", "fast"]));
+    assert!(out.contains("resumed schedule fast; next tick"), "{out}");
+    assert_eq!(code(&keel(&server, &["schedules", "rm", "fast"])), 0);
+    assert_eq!(code(&keel(&server, &["schedules", "rm", "fast"])), 4);
+    let (audit, _) = text(&keel(&server, &["audit"]));
+    assert!(
+        audit.contains("schedule.deleted") && audit.contains("schedule.created"),
+        "{audit}"
     );
 }
 
