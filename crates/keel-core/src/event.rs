@@ -66,6 +66,16 @@ pub enum EventData {
     Purged {
         from: State,
     },
+    /// One push attempt to the queue's target: what the target answered (no secrets, no body).
+    /// Recorded just before the attempt's outcome (`completed` or `failed`).
+    Delivery {
+        attempt: u32,
+        /// The HTTP status; `None` when no response came (time-out, connection error).
+        status: Option<u16>,
+        duration_ms: i64,
+        /// A short description of what went wrong, if anything did.
+        error: Option<String>,
+    },
 }
 
 impl EventData {
@@ -83,6 +93,7 @@ impl EventData {
             EventData::Cancelled { .. } => "cancelled",
             EventData::Retried { .. } => "retried",
             EventData::Purged { .. } => "purged",
+            EventData::Delivery { .. } => "delivery",
         }
     }
 }
@@ -110,7 +121,7 @@ pub fn apply(job: Option<Job>, data: &EventData, at: Time) -> Option<Job> {
     };
     job.updated_at = at;
     match data {
-        EventData::Enqueued { .. } | EventData::Purged { .. } => {}
+        EventData::Enqueued { .. } | EventData::Purged { .. } | EventData::Delivery { .. } => {}
         EventData::Available {} => job.state = State::Available,
         EventData::Leased {
             attempt,

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod backoff;
+pub mod breaker;
 pub mod event;
 pub mod job;
 pub mod lease;
@@ -19,7 +20,7 @@ pub use access::{Role, Scope};
 pub use backoff::Backoff;
 pub use event::{DeadReason, Event, EventData, apply, project};
 pub use job::{Job, JobError, Json, Lease, NewJob, State, When};
-pub use queue::{QueueConfig, QueueOverrides, Retention};
+pub use queue::{BreakerConfig, QueueConfig, QueueOverrides, Retention, Target};
 pub use schedule::{Cadence, CatchUp, JobTemplate, ScheduleSpec, Ticker};
 pub use time::Time;
 pub use transition::{Command, Failure, TransitionError, step, transition};

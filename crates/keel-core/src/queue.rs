@@ -3,6 +3,8 @@
 //! Invariant: a queue's effective config is always complete; a field the operator did not set
 //! falls back to the server's defaults, so changing defaults changes every queue not overriding it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
@@ -12,6 +14,61 @@ use crate::backoff::Backoff;
 pub struct Retention {
     pub completed_ms: i64,
     pub dead_ms: i64,
+}
+
+/// A push queue's HTTP target: keel POSTs each job's payload to `url` (API.md "Push delivery").
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub url: String,
+    /// Extra request headers (never keel's own `Keel-*`, `Idempotency-Key` or `webhook-*`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Whole-request time limit; the connect limit is the smaller of this and 5 s.
+    #[serde(default = "default_target_timeout_ms")]
+    pub timeout_ms: i64,
+    /// A Standard Webhooks secret (`whsec_` + base64). Stored as given; every read and every
+    /// audit entry shows [`REDACTED`] instead (see [`Target::redacted`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<String>,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+}
+
+/// What reads show in place of a secret.
+pub const REDACTED: &str = "***";
+
+pub fn default_target_timeout_ms() -> i64 {
+    30_000
+}
+
+impl Target {
+    /// This target as reads and the audit log show it: the signing secret masked.
+    pub fn redacted(&self) -> Target {
+        Target {
+            signing_secret: self.signing_secret.as_ref().map(|_| REDACTED.to_owned()),
+            ..self.clone()
+        }
+    }
+}
+
+/// The circuit breaker of a target's origin.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failed deliveries that open the breaker.
+    pub failure_threshold: u32,
+    /// How long it stays open before one probe; doubles on each re-open up to 600,000.
+    pub open_ms: i64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> BreakerConfig {
+        BreakerConfig {
+            failure_threshold: 5,
+            open_ms: 30_000,
+        }
+    }
 }
 
 /// What an operator set on a queue; `None` means "use the server default".
@@ -28,6 +85,19 @@ pub struct QueueOverrides {
     pub backoff: Option<Backoff>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
+    /// Push mode: keel delivers this queue's jobs to the target itself. No server default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+}
+
+impl QueueOverrides {
+    /// These overrides as the audit log records them (secrets masked).
+    pub fn redacted(&self) -> QueueOverrides {
+        QueueOverrides {
+            target: self.target.as_ref().map(Target::redacted),
+            ..self.clone()
+        }
+    }
 }
 
 /// The effective configuration of a queue.
@@ -39,6 +109,8 @@ pub struct QueueConfig {
     pub timeout_ms: i64,
     pub backoff: Backoff,
     pub retention: Retention,
+    /// `None`: pull mode (workers lease the jobs).
+    pub target: Option<Target>,
 }
 
 impl Default for QueueConfig {
@@ -53,6 +125,7 @@ impl Default for QueueConfig {
                 completed_ms: 24 * 3_600_000,
                 dead_ms: 7 * 24 * 3_600_000,
             },
+            target: None,
         }
     }
 }
@@ -65,6 +138,15 @@ impl QueueConfig {
             timeout_ms: o.timeout_ms.unwrap_or(defaults.timeout_ms),
             backoff: o.backoff.unwrap_or(defaults.backoff),
             retention: o.retention.unwrap_or(defaults.retention),
+            target: o.target.clone(),
+        }
+    }
+
+    /// This config as reads show it (secrets masked).
+    pub fn redacted(&self) -> QueueConfig {
+        QueueConfig {
+            target: self.target.as_ref().map(Target::redacted),
+            ..self.clone()
         }
     }
 }

@@ -34,6 +34,13 @@ pub enum Command {
         result: Option<Json>,
     },
     Fail(Failure),
+    /// Records a push attempt's answer under the attempt's lease; the outcome follows.
+    Delivered {
+        token: String,
+        status: Option<u16>,
+        duration_ms: i64,
+        error: Option<String>,
+    },
     /// The lease ran out without an outcome. Only the store's timer issues this.
     ExpireLease {
         jitter: f64,
@@ -74,6 +81,7 @@ impl Command {
             Command::Heartbeat { .. } => "heartbeat",
             Command::Complete { .. } => "complete",
             Command::Fail(_) => "fail",
+            Command::Delivered { .. } => "record a delivery of",
             Command::ExpireLease { .. } => "expire the lease of",
             Command::Cancel => "cancel",
             Command::Retry => "retry",
@@ -120,6 +128,20 @@ pub fn transition(job: &Job, cmd: &Command, now: Time) -> Result<Vec<EventData>,
             current_lease(token)?;
             vec![EventData::Completed {
                 result: result.clone(),
+            }]
+        }
+        Command::Delivered {
+            token,
+            status,
+            duration_ms,
+            error,
+        } => {
+            current_lease(token)?;
+            vec![EventData::Delivery {
+                attempt: job.attempt,
+                status: *status,
+                duration_ms: *duration_ms,
+                error: error.clone(),
             }]
         }
         Command::Fail(f) => {

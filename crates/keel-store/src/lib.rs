@@ -20,9 +20,9 @@ pub mod testing;
 pub use error::StoreError;
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use types::{
-    Actor, AuditEntry, Counts, Enqueued, JobFilter, JobPage, LeaseRequest, LeasedJob, Outcome,
-    OutcomeKind, QueueInfo, ReplayFilter, RunOutcome, SCHEDULE_RUNS_KEPT, ScheduleRecord,
-    ScheduleRun, SchemaRecord, Tick, TokenRecord,
+    Actor, AuditEntry, Counts, DeliveryReport, Enqueued, JobFilter, JobPage, LeaseRequest,
+    LeasedJob, Outcome, OutcomeKind, QueueInfo, ReplayFilter, RunOutcome, SCHEDULE_RUNS_KEPT,
+    ScheduleRecord, ScheduleRun, SchemaRecord, Tick, TokenRecord,
 };
 pub use verify::VerifyReport;
 

@@ -150,6 +150,7 @@ pub fn complete(id: uuid::Uuid, token: &str) -> Outcome {
         id,
         token: token.to_owned(),
         kind: OutcomeKind::Completed { result: None },
+        delivery: None,
     }
 }
 
@@ -163,6 +164,7 @@ pub fn fail(id: uuid::Uuid, token: &str, retryable: bool, retry_in_ms: Option<i6
             retryable,
             retry_in_ms,
         },
+        delivery: None,
     }
 }
 

@@ -33,6 +33,17 @@ pub struct Outcome {
     pub id: Uuid,
     pub token: String,
     pub kind: OutcomeKind,
+    /// For a push attempt: what the target answered, recorded as a `delivery` event before
+    /// the outcome, in the same transaction.
+    pub delivery: Option<DeliveryReport>,
+}
+
+/// A push attempt's answer (see `EventData::Delivery`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryReport {
+    pub status: Option<u16>,
+    pub duration_ms: i64,
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug)]

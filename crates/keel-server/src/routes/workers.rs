@@ -144,6 +144,7 @@ pub(crate) async fn complete(
         id,
         token: body.lease_token,
         kind: OutcomeKind::Completed { result },
+        delivery: None,
     };
     single_outcome(&st, &caller, outcome).await
 }
@@ -168,6 +169,7 @@ pub(crate) async fn fail(
             id,
             token: body.lease_token,
             kind,
+            delivery: None,
         },
     )
     .await
@@ -282,6 +284,7 @@ pub(crate) async fn ack(
             id,
             token: item.lease_token,
             kind,
+            delivery: None,
         });
     }
     if !errors.is_empty() {

@@ -373,7 +373,7 @@ impl Store for SqliteStore {
         let (name, actor) = (name.to_owned(), actor.clone());
         let target = name.clone();
         self.run(move |w| {
-            let data = serde_json::to_value(&overrides).unwrap_or_default();
+            let data = serde_json::to_value(overrides.redacted()).unwrap_or_default();
             if let Err(e) = w.configure_queue(&target, overrides, now)? {
                 return Ok(Err(e));
             }

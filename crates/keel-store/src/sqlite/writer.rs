@@ -318,6 +318,18 @@ impl Writer {
                 let r = self.guard(|w| {
                     let mut out = Vec::with_capacity(items.len());
                     for item in items {
+                        if let Some(d) = item.delivery {
+                            let delivered = Command::Delivered {
+                                token: item.token.clone(),
+                                status: d.status,
+                                duration_ms: d.duration_ms,
+                                error: d.error,
+                            };
+                            if let Err(e) = w.apply_in(item.id, &delivered, &scope, now)? {
+                                out.push(Err(e));
+                                continue;
+                            }
+                        }
                         let cmd = w.outcome_command(item.token, item.kind);
                         out.push(
                             w.apply_in(item.id, &cmd, &scope, now)?
