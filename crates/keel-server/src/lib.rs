@@ -13,8 +13,10 @@ mod limit;
 mod listen;
 mod openapi;
 mod problem;
+mod push;
 mod routes;
 mod schemas;
+mod target;
 mod wire;
 
 use std::future::Future;
@@ -61,6 +63,8 @@ pub struct ServerConfig {
     pub conn: ConnLimits,
     /// Serve HTTPS with this identity; plain HTTP when `None`.
     pub tls: Option<Tls>,
+    /// Let push targets be loopback or private addresses (link-local never).
+    pub allow_private_targets: bool,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +77,7 @@ impl Default for ServerConfig {
             token_rate_limit: None,
             conn: ConnLimits::default(),
             tls: None,
+            allow_private_targets: false,
         }
     }
 }
@@ -85,6 +90,7 @@ pub(crate) struct AppState {
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) auth: Arc<auth::Auth>,
     pub(crate) schemas: Arc<schemas::Schemas>,
+    pub(crate) push: Arc<push::Push>,
     /// Turns true when shutdown begins; long polls end early on it.
     pub(crate) stopping: watch::Receiver<bool>,
 }
@@ -108,6 +114,10 @@ pub async fn serve(
     let schemas = schemas::Schemas::load(&*store)
         .await
         .map_err(|e| std::io::Error::other(format!("loading payload schemas: {e}")))?;
+    let push = Arc::new(
+        push::Push::new(store.clone(), clock.clone(), config.allow_private_targets)
+            .map_err(|e| std::io::Error::other(format!("building the push client: {e}")))?,
+    );
     let (stop, stopping) = watch::channel(false);
     let grace = config.shutdown_grace;
     let (tls, conn_limits) = (config.tls.clone(), config.conn.clone());
@@ -117,9 +127,11 @@ pub async fn serve(
         config: Arc::new(config),
         auth: Arc::new(auth),
         schemas: Arc::new(schemas),
+        push: push.clone(),
         stopping: stopping.clone(),
     };
     let timers = tokio::spawn(dispatch::run_timers(store.clone(), clock, stopping.clone()));
+    let deliveries = tokio::spawn(push.run(stopping.clone(), grace));
     let app = routes::router(state);
     let mut stopping_for_grace = stopping.clone();
     let stopper = tokio::spawn(async move {
@@ -140,6 +152,7 @@ pub async fn serve(
         }
     }
     stopper.abort();
+    let _ = deliveries.await;
     let _ = timers.await;
     if let Err(e) = store.close().await {
         tracing::error!(message = "Store did not close cleanly.", error = %e);

@@ -207,6 +207,10 @@ pub(crate) fn document() -> Value {
                     "state": {"enum": ["dead", "completed", "cancelled", "available"]}}}))),
                 vec![("200", ok("How many.", json!({"type": "object", "required": ["purged"], "properties": {"purged": {"type": "integer", "minimum": 0}}})))], Errs::Body),
         },
+        "/v1/targets": {
+            "get": operation("listTargets", "Push origins and their circuit breakers (this node's view)", vec![], None,
+                vec![("200", ok("Origins.", json!({"type": "array", "items": r("Origin")})))], Errs::Read),
+        },
         "/v1/schemas": {
             "get": operation("listSchemas", "Every payload schema", vec![], None,
                 vec![("200", ok("Schemas.", json!({"type": "array", "items": r("Schema")})))], Errs::Read),
@@ -401,7 +405,8 @@ fn components() -> Value {
                 "type": {"type": "string"}, "seq": {"type": "integer"}, "at": r("Time"), "data": {"type": "object"}}},
             "QueueConfig": {"type": "object", "required": ["concurrency", "max_attempts", "timeout_ms", "backoff", "retention"], "properties": {
                 "concurrency": nullable(json!({"type": "integer", "minimum": 1})), "max_attempts": {"type": "integer"},
-                "timeout_ms": {"type": "integer"}, "backoff": r("Backoff"), "retention": r("Retention")}},
+                "timeout_ms": {"type": "integer"}, "backoff": r("Backoff"), "retention": r("Retention"),
+                "target": nullable(r("Target"))}},
             "Queue": {"type": "object", "required": ["name", "paused", "config", "counts", "oldest_available_age_ms"], "properties": {
                 "name": {"type": "string"}, "paused": {"type": "boolean"}, "config": r("QueueConfig"),
                 "counts": {"type": "object", "required": ["scheduled", "available", "running", "completed", "dead", "cancelled"],
@@ -411,7 +416,29 @@ fn components() -> Value {
                 "concurrency": nullable(json!({"type": "integer", "minimum": 1, "maximum": 100_000})),
                 "max_attempts": nullable(json!({"type": "integer", "minimum": 1, "maximum": 1000})),
                 "timeout_ms": nullable(json!({"type": "integer", "minimum": 1, "maximum": 86_400_000})),
-                "backoff": nullable(r("Backoff")), "retention": nullable(r("Retention"))}},
+                "backoff": nullable(r("Backoff")), "retention": nullable(r("Retention")),
+                "target": nullable(r("TargetRequest"))}},
+            "TargetRequest": {"type": "object", "required": ["url"], "additionalProperties": false,
+                "description": "Push mode: keel POSTs each job's payload to url. Loopback and private addresses need --allow-private-targets; link-local never.",
+                "properties": {
+                "url": {"type": "string", "format": "uri", "maxLength": 2048},
+                "headers": {"type": "object", "maxProperties": 32, "additionalProperties": {"type": "string", "maxLength": 4096}},
+                "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 300_000},
+                "signing_secret": {"type": "string", "description": "whsec_ + base64 (Standard Webhooks); \"***\" keeps the current one."},
+                "breaker": {"type": "object", "additionalProperties": false, "properties": {
+                    "failure_threshold": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    "open_ms": {"type": "integer", "minimum": 100, "maximum": 600_000}}}}},
+            "Target": {"type": "object", "required": ["url", "timeout_ms", "breaker"], "properties": {
+                "url": {"type": "string"}, "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                "timeout_ms": {"type": "integer"}, "signing_secret": {"const": "***"},
+                "breaker": {"type": "object", "required": ["failure_threshold", "open_ms"], "properties": {
+                    "failure_threshold": {"type": "integer"}, "open_ms": {"type": "integer"}}}}},
+            "Origin": {"type": "object", "required": ["origin", "queues", "state", "consecutive_failures", "opened_at", "next_probe_at", "history"], "properties": {
+                "origin": {"type": "string"}, "queues": {"type": "array", "items": {"type": "string"}},
+                "state": {"enum": ["closed", "open", "half_open"]}, "consecutive_failures": {"type": "integer", "minimum": 0},
+                "opened_at": nullable(r("Time")), "next_probe_at": nullable(r("Time")),
+                "history": {"type": "array", "items": {"type": "object", "required": ["at", "change"], "properties": {
+                    "at": r("Time"), "change": {"enum": ["opened", "closed"]}, "open_ms": {"type": "integer"}}}}}},
             "Schema": {"type": "object", "required": ["kind", "schema", "version", "updated_at"], "properties": {
                 "kind": {"type": "string"}, "schema": {}, "version": {"type": "integer", "minimum": 1}, "updated_at": r("Time")}},
             "Token": {"type": "object", "required": ["id", "name", "role", "queues", "created_at"], "properties": {

@@ -280,6 +280,9 @@ pub struct QueuePatch {
     pub backoff: Option<Option<BackoffBody>>,
     #[serde(default, deserialize_with = "present")]
     pub retention: Option<Option<RetentionBody>>,
+    /// Push mode; `null` returns the queue to pull mode.
+    #[serde(default, deserialize_with = "present")]
+    pub target: Option<Option<crate::target::TargetBody>>,
 }
 
 #[derive(Deserialize)]
@@ -297,8 +300,16 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
 }
 
 impl QueuePatch {
-    pub fn apply(self, mut o: QueueOverrides) -> Result<QueueOverrides, Vec<FieldError>> {
+    pub fn apply(
+        self,
+        mut o: QueueOverrides,
+        allow_private_targets: bool,
+    ) -> Result<QueueOverrides, Vec<FieldError>> {
         let mut errors = vec![];
+        if let Some(v) = self.target {
+            let current = o.target.take();
+            o.target = v.map(|t| t.validate(current.as_ref(), allow_private_targets, &mut errors));
+        }
         if let Some(v) = self.concurrency {
             o.concurrency = v.map(|n| {
                 check_range(&mut errors, "/concurrency", n, 1, MAX_CONCURRENCY);
@@ -434,7 +445,7 @@ impl From<QueueInfo> for QueueView {
         QueueView {
             name: q.name,
             paused: q.paused,
-            config: q.config,
+            config: q.config.redacted(),
             counts: q.counts,
             oldest_available_age_ms: q.oldest_available_age_ms,
         }

@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "KEEL_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Let push targets be loopback or private-network addresses (link-local and cloud
+    /// metadata addresses are refused regardless).
+    #[arg(long, env = "KEEL_ALLOW_PRIVATE_TARGETS")]
+    allow_private_targets: bool,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "KEEL_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
@@ -116,6 +120,7 @@ pub async fn serve(args: ServeArgs, data_dir: &Path) -> anyhow::Result<()> {
             ..Default::default()
         },
         tls,
+        allow_private_targets: args.allow_private_targets,
     };
     keel_server::serve(
         listener,

@@ -79,11 +79,14 @@ pub(crate) async fn put(
         .await?
         .map(|q| q.overrides)
         .unwrap_or_else(QueueOverrides::default);
-    let overrides = patch.apply(current).map_err(ApiError::Validation)?;
+    let overrides = patch
+        .apply(current, st.config.allow_private_targets)
+        .map_err(ApiError::Validation)?;
     let q = st
         .store
         .configure_queue(&name, overrides, &caller.actor(), now)
         .await?;
+    st.push.reconfigure();
     tracing::info!(message = "Queue configured.", queue = %name);
     Ok(Json(QueueView::from(q)).into_response())
 }
@@ -184,4 +187,15 @@ pub(crate) async fn purge(
         .map_err(queue_error(name))?;
     tracing::info!(message = "Queue purged.", queue = %name, state = %state, purged = n);
     Ok(Json(json!({ "purged": n })).into_response())
+}
+
+/// `GET /v1/targets`: every push origin with its breaker (this node's view).
+pub(crate) async fn targets(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(Need::ReadQueues)?;
+    let mut origins = st.push.origins().await?;
+    origins.retain(|o| o.queues().iter().any(|q| caller.sees(q)));
+    Ok(Json(origins).into_response())
 }

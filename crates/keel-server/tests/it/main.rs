@@ -12,6 +12,7 @@ mod fuzz;
 mod jobs;
 mod limits;
 mod openapi;
+mod push;
 mod queues;
 mod schedules;
 mod schemas;
