@@ -571,3 +571,87 @@ async fn a_name_that_resolves_to_a_forbidden_address_is_refused_at_connect_time(
         "the request was sent"
     );
 }
+
+/// The Python with the `standardwebhooks` package (`.ci/run` makes it); `None` on a laptop
+/// without it, where the test says it skipped.
+fn webhook_verifier() -> Option<String> {
+    std::env::var("KEEL_WEBHOOKS_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty())
+}
+
+fn verify_with_reference_library(
+    python: &str,
+    secret: &str,
+    headers: &HashMap<String, String>,
+    body: &[u8],
+) -> (bool, String) {
+    use std::io::Write;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/support/verify_webhook.py"
+    );
+    let wanted: HashMap<&str, &str> = ["webhook-id", "webhook-timestamp", "webhook-signature"]
+        .into_iter()
+        .map(|h| (h, headers.get(h).map(String::as_str).unwrap_or("")))
+        .collect();
+    let mut child = std::process::Command::new(python)
+        .args([script, secret, &serde_json::to_string(&wanted).unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {python}: {e}"));
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn signatures_verify_with_the_standard_webhooks_reference_library() {
+    let Some(python) = webhook_verifier() else {
+        eprintln!(
+            "skipped: signatures_verify_with_the_standard_webhooks_reference_library needs \
+             KEEL_WEBHOOKS_PYTHON (a Python with `pip install standardwebhooks`; .ci/run sets it)"
+        );
+        return;
+    };
+    let (addr, seen) = target().await;
+    let s = keel().await;
+    let secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    push_queue(
+        &s,
+        "signed",
+        json!({"url": format!("http://{addr}/ok"), "signing_secret": secret}),
+    )
+    .await;
+    let job = s
+        .enqueue(json!({"queue": "signed", "kind": "invoice.paid", "payload": {"amount": 4200, "note": "ünïcode"}}))
+        .await;
+    let (done, _) = settled(&s, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "completed");
+    let requests = seen.requests.lock().unwrap().clone();
+    let (_, headers, body) = requests.iter().find(|(p, _, _)| p == "/ok").unwrap();
+    assert_eq!(headers["webhook-id"], job["id"].as_str().unwrap());
+    assert!(headers["webhook-signature"].starts_with("v1,"));
+    let (ok, text) = verify_with_reference_library(&python, secret, headers, body);
+    assert!(
+        ok,
+        "the reference library rejected keel's signature: {text}"
+    );
+    // The check can fail: a changed body or another secret is rejected.
+    let (ok, _) = verify_with_reference_library(&python, secret, headers, b"{\"amount\":1}");
+    assert!(!ok, "a tampered body verified");
+    let (ok, _) = verify_with_reference_library(
+        &python,
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        headers,
+        body,
+    );
+    assert!(!ok, "another secret verified");
+}
