@@ -66,6 +66,11 @@ pub enum EventData {
     Purged {
         from: State,
     },
+    /// The attempt was given back unfinished (the server stopped mid-delivery): available
+    /// again, and the attempt does not count.
+    Released {
+        attempt: u32,
+    },
     /// One push attempt to the queue's target: what the target answered (no secrets, no body).
     /// Recorded just before the attempt's outcome (`completed` or `failed`).
     Delivery {
@@ -94,6 +99,7 @@ impl EventData {
             EventData::Retried { .. } => "retried",
             EventData::Purged { .. } => "purged",
             EventData::Delivery { .. } => "delivery",
+            EventData::Released { .. } => "released",
         }
     }
 }
@@ -173,6 +179,11 @@ pub fn apply(job: Option<Job>, data: &EventData, at: Time) -> Option<Job> {
             job.state = State::Cancelled;
             job.lease = None;
             job.finished_at = Some(at);
+        }
+        EventData::Released { attempt } => {
+            job.state = State::Available;
+            job.attempt = attempt.saturating_sub(1);
+            job.lease = None;
         }
         EventData::Retried { .. } => {
             job.state = State::Available;

@@ -41,6 +41,10 @@ pub enum Command {
         duration_ms: i64,
         error: Option<String>,
     },
+    /// Gives an unfinished attempt back without counting it (the server is stopping).
+    Release {
+        token: String,
+    },
     /// The lease ran out without an outcome. Only the store's timer issues this.
     ExpireLease {
         jitter: f64,
@@ -82,6 +86,7 @@ impl Command {
             Command::Complete { .. } => "complete",
             Command::Fail(_) => "fail",
             Command::Delivered { .. } => "record a delivery of",
+            Command::Release { .. } => "release",
             Command::ExpireLease { .. } => "expire the lease of",
             Command::Cancel => "cancel",
             Command::Retry => "retry",
@@ -142,6 +147,12 @@ pub fn transition(job: &Job, cmd: &Command, now: Time) -> Result<Vec<EventData>,
                 status: *status,
                 duration_ms: *duration_ms,
                 error: error.clone(),
+            }]
+        }
+        Command::Release { token } => {
+            current_lease(token)?;
+            vec![EventData::Released {
+                attempt: job.attempt,
             }]
         }
         Command::Fail(f) => {

@@ -31,6 +31,12 @@ enum Op {
     Cancel,
     Retry,
     Purge,
+    Delivered {
+        stale: bool,
+    },
+    Release {
+        stale: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -54,6 +60,8 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::Cancel),
         Just(Op::Retry),
         Just(Op::Purge),
+        any::<bool>().prop_map(|stale| Op::Delivered { stale }),
+        any::<bool>().prop_map(|stale| Op::Release { stale }),
     ]
 }
 
@@ -133,9 +141,12 @@ proptest! {
                 Op::Cancel => Command::Cancel,
                 Op::Retry => Command::Retry,
                 Op::Purge => Command::Purge,
+                Op::Delivered { stale } => Command::Delivered { token: pick(stale), status: Some(503), duration_ms: 12, error: None },
+                Op::Release { stale } => Command::Release { token: pick(stale) },
             };
             let stale = matches!(&cmd,
-                Command::Heartbeat { token: t, .. } | Command::Complete { token: t, .. } if t.starts_with("stale"))
+                Command::Heartbeat { token: t, .. } | Command::Complete { token: t, .. }
+                | Command::Delivered { token: t, .. } | Command::Release { token: t } if t.starts_with("stale"))
                 || matches!(&cmd, Command::Fail(f) if f.token.starts_with("stale"));
             match step(&job, &cmd, now) {
                 Ok((next, new_events)) => {

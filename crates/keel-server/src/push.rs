@@ -48,6 +48,8 @@ pub(crate) struct Push {
     allow_private: bool,
     breakers: Mutex<HashMap<String, OriginState>>,
     in_flight: Mutex<HashMap<String, usize>>,
+    /// The lease token of each delivery in flight, so shutdown can give them back.
+    leases: Mutex<HashMap<uuid::Uuid, String>>,
     /// A delivery finished or a queue was reconfigured: the loop looks again.
     changed: Notify,
     reconfigured: std::sync::atomic::AtomicBool,
@@ -98,6 +100,7 @@ impl Push {
             allow_private,
             breakers: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             reconfigured: std::sync::atomic::AtomicBool::new(true),
         })
@@ -188,9 +191,43 @@ impl Push {
             );
             let all_done = async { while tasks.join_next().await.is_some() {} };
             if tokio::time::timeout(grace, all_done).await.is_err() {
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                self.release_unfinished().await;
+            }
+        }
+    }
+
+    /// Gives every delivery still in flight back to its queue without counting the attempt
+    /// (the target may have received it; the `Idempotency-Key` header lets it tell).
+    async fn release_unfinished(&self) {
+        let unfinished: Vec<(uuid::Uuid, String)> = lock(&self.leases).drain().collect();
+        if unfinished.is_empty() {
+            return;
+        }
+        let items = unfinished
+            .iter()
+            .map(|(id, token)| Outcome {
+                id: *id,
+                token: token.clone(),
+                kind: OutcomeKind::Released,
+                delivery: None,
+            })
+            .collect();
+        match self
+            .store
+            .record_outcomes(items, Scope::All, self.clock.now())
+            .await
+        {
+            Ok(results) => {
+                let released = results.iter().filter(|r| r.is_ok()).count();
                 tracing::warn!(
-                    message = "Push: grace over; unfinished deliveries will retry when their leases expire."
+                    message = "Push: grace over; unfinished deliveries released without counting the attempt.",
+                    released
                 );
+            }
+            Err(e) => {
+                tracing::warn!(message = "Push: could not release unfinished deliveries; their leases will expire.", error = %e)
             }
         }
     }
@@ -241,10 +278,13 @@ impl Push {
         }
         *lock(&self.in_flight).entry(queue.to_owned()).or_default() += leased.len();
         for job in leased {
+            lock(&self.leases).insert(job.job.id, job.token.clone());
             let me = self.clone();
             let (target, origin, queue) = (target.clone(), origin.clone(), queue.to_owned());
             tasks.spawn(async move {
+                let id = job.job.id;
                 me.deliver(job, &target, &origin).await;
+                lock(&me.leases).remove(&id);
                 if let Some(n) = lock(&me.in_flight).get_mut(&queue) {
                     *n = n.saturating_sub(1);
                 }
@@ -421,6 +461,7 @@ impl Verdict {
                 retryable: true, ..
             } => "retry",
             OutcomeKind::Failed { .. } => "dead",
+            OutcomeKind::Released => "released",
         }
     }
 }

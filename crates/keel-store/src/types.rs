@@ -57,6 +57,8 @@ pub enum OutcomeKind {
         retryable: bool,
         retry_in_ms: Option<i64>,
     },
+    /// The attempt is given back unfinished and does not count (push delivery at shutdown).
+    Released,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -655,3 +655,65 @@ async fn signatures_verify_with_the_standard_webhooks_reference_library() {
     );
     assert!(!ok, "another secret verified");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_unfinished_at_shutdown_is_released_without_costing_an_attempt() {
+    let (addr, _) = target().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_in(
+        ServerConfig {
+            allow_private_targets: true,
+            shutdown_grace: Duration::from_millis(300),
+            ..Default::default()
+        },
+        dir.path().to_owned(),
+        (),
+    )
+    .await;
+    push_queue(
+        &s,
+        "stuck",
+        json!({"url": format!("http://{addr}/hang"), "timeout_ms": 60_000}),
+    )
+    .await;
+    let job = s
+        .enqueue(json!({"queue": "stuck", "kind": "k", "payload": {}}))
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    s.eventually(5, "the delivery to start", || async {
+        (s.job(&id).await["state"] == "running").then_some(())
+    })
+    .await;
+    let store = s.store.clone();
+    s.shutdown().await;
+    drop(store);
+
+    let store = keel_store::SqliteStore::open(
+        keel_store::SqliteConfig::new(dir.path()),
+        keel_core::Time::EPOCH,
+    )
+    .unwrap();
+    let id: uuid::Uuid = id.parse().unwrap();
+    let job = keel_store::Store::get_job(&store, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (job.state, job.attempt),
+        (keel_core::State::Available, 0),
+        "{job:?}"
+    );
+    let events = keel_store::Store::job_events(&store, id)
+        .await
+        .unwrap()
+        .unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e.data.type_name()).collect();
+    assert_eq!(types, ["enqueued", "leased", "released"]);
+    assert!(
+        keel_store::Store::verify(&store)
+            .await
+            .unwrap()
+            .mismatched
+            .is_empty()
+    );
+}

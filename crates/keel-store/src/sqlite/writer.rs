@@ -451,6 +451,7 @@ impl Writer {
     fn outcome_command(&mut self, token: String, kind: OutcomeKind) -> Command {
         match kind {
             OutcomeKind::Completed { result } => Command::Complete { token, result },
+            OutcomeKind::Released => Command::Release { token },
             OutcomeKind::Failed {
                 message,
                 kind,
