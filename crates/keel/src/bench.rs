@@ -5,8 +5,9 @@
 //!
 //! Scenarios: `baseline` (GET /healthz), `enqueue` (one job per request), `batch` (POST
 //! /v1/jobs/batch), `drain` (pull workers: lease N, ack N in one request), `latency` (enqueue at a
-//! fixed rate; a long-polling worker measures enqueue → receive). `push` is listed and skipped
-//! until push delivery exists.
+//! fixed rate; a long-polling worker measures enqueue → receive), `push` (keel delivers to a fast
+//! local target that answers 204: the queue is filled while paused, then resumed, and the time
+//! until every job is completed is measured; throughput only, no per-request latency).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -97,6 +98,33 @@ struct Target {
 }
 
 impl Target {
+    async fn put(&self, path: &str, body: &Value) -> Result<Value, String> {
+        let res = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = res.status();
+        let v: Value = res.json().await.map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(v)
+        } else {
+            Err(format!("{status}: {v}"))
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, String> {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        res.json().await.map_err(|e| e.to_string())
+    }
+
     async fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
         let res = self
             .http
@@ -145,6 +173,7 @@ fn spawn_server() -> anyhow::Result<(Spawned, String, String)> {
             "127.0.0.1:0",
             "--log-format",
             "json",
+            "--allow-private-targets",
             "--data-dir",
         ])
         .arg(&dir)
@@ -222,7 +251,7 @@ pub async fn run(
             Scenario::Batch => batch(&target, &args, &queue).await,
             Scenario::Drain => drain(&target, &args, &queue).await?,
             Scenario::Latency => latency(&target, &args, &queue).await?,
-            Scenario::Push => skipped(Scenario::Push, "push delivery is not built yet (issue 4)"),
+            Scenario::Push => push(&target, &args, &queue, json_out).await?,
         };
         if *scenario == Scenario::Baseline && report.skipped.is_none() {
             baseline_rate = Some(report.jobs_per_sec);
@@ -473,6 +502,76 @@ async fn drain(target: &Target, args: &BenchArgs, queue: &str) -> anyhow::Result
     })
     .await;
     Ok(report(Scenario::Drain, req * 2, done, elapsed, &h, errs))
+}
+
+/// Push delivery to a fast local target (204, no body), `-c` deliveries in flight.
+async fn push(
+    target: &Target,
+    args: &BenchArgs,
+    queue: &str,
+    json_out: bool,
+) -> anyhow::Result<Report> {
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+            async { axum::http::StatusCode::NO_CONTENT }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the push target")?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let config = json!({"concurrency": args.concurrency.max(1),
+                        "target": {"url": format!("http://{addr}/"), "timeout_ms": 10_000}});
+    if let Err(e) = target.put(&format!("/v1/queues/{queue}"), &config).await {
+        server.abort();
+        return Ok(skipped(
+            Scenario::Push,
+            &format!(
+                "the server refused a loopback target; start it with --allow-private-targets ({e})"
+            ),
+        ));
+    }
+    let pause = target
+        .post(&format!("/v1/queues/{queue}/pause"), &json!({}))
+        .await;
+    pause.map_err(|e| anyhow::anyhow!("pausing the push queue: {e}"))?;
+    fill(target, queue, args.jobs, args.payload_bytes).await?;
+    let bar = progress(args.jobs, json_out);
+    let started = Instant::now();
+    let resume = target
+        .post(&format!("/v1/queues/{queue}/resume"), &json!({}))
+        .await;
+    resume.map_err(|e| anyhow::anyhow!("resuming the push queue: {e}"))?;
+    let deadline = started + Duration::from_secs(args.max_secs.max(1));
+    let (completed, dead) = loop {
+        let q = target
+            .get(&format!("/v1/queues/{queue}"))
+            .await
+            .unwrap_or(Value::Null);
+        let completed = q["counts"]["completed"].as_u64().unwrap_or(0);
+        let dead = q["counts"]["dead"].as_u64().unwrap_or(0);
+        bar.set_position(completed);
+        if completed + dead >= args.jobs || Instant::now() >= deadline {
+            break (completed, dead);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    server.abort();
+    Ok(report(
+        Scenario::Push,
+        received.load(Ordering::Relaxed),
+        completed,
+        elapsed,
+        &histogram(),
+        dead,
+    ))
 }
 
 /// Enqueues at `rate` jobs/s (open loop); a long-polling worker records enqueue → receive.
