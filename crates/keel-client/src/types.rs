@@ -263,6 +263,12 @@ pub struct QueuePatch {
     pub backoff: Option<Option<Backoff>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention: Option<Option<keel_core::Retention>>,
+    /// A token bucket on hand-outs (leases and pushes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Option<keel_core::RateLimit>>,
+    /// Push mode: keel delivers the queue's jobs to this target (`Some(None)`: back to pull).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<Option<keel_core::Target>>,
 }
 
 /// A kind's payload schema.

@@ -20,7 +20,9 @@ pub use access::{Role, Scope};
 pub use backoff::Backoff;
 pub use event::{DeadReason, Event, EventData, apply, project};
 pub use job::{Job, JobError, Json, Lease, NewJob, State, When};
-pub use queue::{BreakerConfig, QueueConfig, QueueOverrides, Retention, Target};
+pub use queue::{
+    BreakerConfig, QueueConfig, QueueOverrides, RateLimit, Retention, Target, TokenBucket,
+};
 pub use schedule::{Cadence, CatchUp, JobTemplate, ScheduleSpec, Ticker};
 pub use time::Time;
 pub use transition::{Command, Failure, TransitionError, step, transition};

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
+use crate::time::Time;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +72,54 @@ impl Default for BreakerConfig {
     }
 }
 
+/// A queue's hand-out rate: a token bucket of `burst` tokens refilled at `per_second`. A lease
+/// or a push takes one token per job; an empty bucket hands out nothing.
+#[derive(Clone, Copy, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// The bucket of one queue, kept in memory by the store (a restart starts it full).
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub struct TokenBucket {
+    tokens: f64,
+    at: Time,
+}
+
+impl TokenBucket {
+    pub fn full(limit: &RateLimit, now: Time) -> TokenBucket {
+        TokenBucket {
+            tokens: f64::from(limit.burst.max(1)),
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, limit: &RateLimit, now: Time) {
+        let elapsed = now.millis_since(self.at).max(0) as f64 / 1_000.0;
+        self.tokens = (self.tokens + elapsed * limit.per_second).min(f64::from(limit.burst.max(1)));
+        self.at = self.at.max(now);
+    }
+
+    /// Takes up to `want` whole tokens; returns how many it took.
+    pub fn take(&mut self, limit: &RateLimit, want: usize, now: Time) -> usize {
+        self.refill(limit, now);
+        let n = (self.tokens.floor() as usize).min(want);
+        self.tokens -= n as f64;
+        n
+    }
+
+    /// When the next whole token will be there (now if one is).
+    pub fn next_token_at(&self, limit: &RateLimit) -> Time {
+        if self.tokens >= 1.0 || limit.per_second <= 0.0 {
+            return self.at;
+        }
+        let ms = ((1.0 - self.tokens) / limit.per_second * 1_000.0).ceil() as i64;
+        self.at.plus_ms(ms.max(1))
+    }
+}
+
 /// What an operator set on a queue; `None` means "use the server default".
 #[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,6 +137,8 @@ pub struct QueueOverrides {
     /// Push mode: keel delivers this queue's jobs to the target itself. No server default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Target>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl QueueOverrides {
@@ -111,6 +162,8 @@ pub struct QueueConfig {
     pub retention: Retention,
     /// `None`: pull mode (workers lease the jobs).
     pub target: Option<Target>,
+    /// `None`: no rate limit.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for QueueConfig {
@@ -126,6 +179,7 @@ impl Default for QueueConfig {
                 dead_ms: 7 * 24 * 3_600_000,
             },
             target: None,
+            rate_limit: None,
         }
     }
 }
@@ -139,6 +193,7 @@ impl QueueConfig {
             backoff: o.backoff.unwrap_or(defaults.backoff),
             retention: o.retention.unwrap_or(defaults.retention),
             target: o.target.clone(),
+            rate_limit: o.rate_limit,
         }
     }
 
@@ -148,5 +203,29 @@ impl QueueConfig {
             target: self.target.as_ref().map(Target::redacted),
             ..self.clone()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_hands_out_its_burst_then_the_rate() {
+        let limit = RateLimit {
+            per_second: 2.0,
+            burst: 3,
+        };
+        let t0 = Time::from_millis(1_000_000);
+        let mut b = TokenBucket::full(&limit, t0);
+        assert_eq!(b.take(&limit, 10, t0), 3);
+        assert_eq!(b.take(&limit, 10, t0), 0);
+        assert_eq!(b.next_token_at(&limit), t0.plus_ms(500));
+        assert_eq!(b.take(&limit, 10, t0.plus_ms(499)), 0);
+        assert_eq!(b.take(&limit, 10, t0.plus_ms(500)), 1);
+        // Idle time refills up to the burst, never beyond.
+        assert_eq!(b.take(&limit, 10, t0.plus_ms(60_000)), 3);
+        // A clock that goes back takes nothing it has not earned.
+        assert_eq!(b.take(&limit, 10, t0), 0);
     }
 }

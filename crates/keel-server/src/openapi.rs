@@ -406,7 +406,9 @@ fn components() -> Value {
             "QueueConfig": {"type": "object", "required": ["concurrency", "max_attempts", "timeout_ms", "backoff", "retention"], "properties": {
                 "concurrency": nullable(json!({"type": "integer", "minimum": 1})), "max_attempts": {"type": "integer"},
                 "timeout_ms": {"type": "integer"}, "backoff": r("Backoff"), "retention": r("Retention"),
-                "target": nullable(r("Target"))}},
+                "target": nullable(r("Target")),
+                "rate_limit": nullable(json!({"type": "object", "required": ["per_second", "burst"], "properties": {
+                    "per_second": {"type": "number"}, "burst": {"type": "integer"}}}))}},
             "Queue": {"type": "object", "required": ["name", "paused", "config", "counts", "oldest_available_age_ms"], "properties": {
                 "name": {"type": "string"}, "paused": {"type": "boolean"}, "config": r("QueueConfig"),
                 "counts": {"type": "object", "required": ["scheduled", "available", "running", "completed", "dead", "cancelled"],
@@ -417,7 +419,10 @@ fn components() -> Value {
                 "max_attempts": nullable(json!({"type": "integer", "minimum": 1, "maximum": 1000})),
                 "timeout_ms": nullable(json!({"type": "integer", "minimum": 1, "maximum": 86_400_000})),
                 "backoff": nullable(r("Backoff")), "retention": nullable(r("Retention")),
-                "target": nullable(r("TargetRequest"))}},
+                "target": nullable(r("TargetRequest")),
+                "rate_limit": nullable(json!({"type": "object", "required": ["per_second"], "additionalProperties": false, "properties": {
+                    "per_second": {"type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000},
+                    "burst": {"type": "integer", "minimum": 1, "maximum": 1_000_000}}}))}},
             "TargetRequest": {"type": "object", "required": ["url"], "additionalProperties": false,
                 "description": "Push mode: keel POSTs each job's payload to url. Loopback and private addresses need --allow-private-targets; link-local never.",
                 "properties": {

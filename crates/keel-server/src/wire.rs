@@ -280,10 +280,23 @@ pub struct QueuePatch {
     pub backoff: Option<Option<BackoffBody>>,
     #[serde(default, deserialize_with = "present")]
     pub retention: Option<Option<RetentionBody>>,
+    #[serde(default, deserialize_with = "present")]
+    pub rate_limit: Option<Option<RateLimitBody>>,
     /// Push mode; `null` returns the queue to pull mode.
     #[serde(default, deserialize_with = "present")]
     pub target: Option<Option<crate::target::TargetBody>>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitBody {
+    pub per_second: f64,
+    /// Default: `per_second` rounded up (at least 1).
+    pub burst: Option<i64>,
+}
+
+/// The highest rate limit accepted, jobs per second.
+pub const MAX_RATE_PER_SECOND: f64 = 1_000_000.0;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -330,6 +343,23 @@ impl QueuePatch {
         }
         if let Some(v) = self.backoff {
             o.backoff = v.map(|b| b.validate("/backoff", &mut errors));
+        }
+        if let Some(v) = self.rate_limit {
+            o.rate_limit = v.map(|r| {
+                if !(r.per_second > 0.0 && r.per_second <= MAX_RATE_PER_SECOND) {
+                    errors.push(FieldError::new(
+                        "/rate_limit/per_second",
+                        format!("must be above 0 and at most {MAX_RATE_PER_SECOND}"),
+                    ));
+                }
+                let default_burst = r.per_second.clamp(1.0, MAX_RATE_PER_SECOND).ceil() as i64;
+                let burst = r.burst.unwrap_or(default_burst);
+                check_range(&mut errors, "/rate_limit/burst", burst, 1, 1_000_000);
+                keel_core::RateLimit {
+                    per_second: r.per_second,
+                    burst: burst.clamp(1, 1_000_000) as u32,
+                }
+            });
         }
         if let Some(v) = self.retention {
             o.retention = v.map(|r| {

@@ -83,7 +83,8 @@ macro_rules! conformance_tests {
             schedule_fires_each_tick_once_due_at_the_tick,
             schedule_never_fires_a_tick_twice_across_restarts_clock_jumps_and_rivals,
             schedule_catch_up_after_downtime_follows_its_mode,
-            schedule_pause_update_delete_are_audited_and_keep_the_clock
+            schedule_pause_update_delete_are_audited_and_keep_the_clock,
+            rate_limit_paces_hand_outs_and_wakes_waiters_when_a_token_is_due
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1591,6 +1592,95 @@ pub mod cases {
                 "schedule.updated s",
                 "schedule.deleted s"
             ]
+        );
+    }
+
+    pub async fn rate_limit_paces_hand_outs_and_wakes_waiters_when_a_token_is_due(h: &dyn Harness) {
+        let store = h.open().await;
+        let limit = keel_core::RateLimit {
+            per_second: 2.0,
+            burst: 2,
+        };
+        store
+            .configure_queue(
+                "paced",
+                QueueOverrides {
+                    rate_limit: Some(limit),
+                    ..Default::default()
+                },
+                &op(),
+                T0,
+            )
+            .await
+            .unwrap();
+        store
+            .enqueue((0..6).map(|_| job("paced")).collect(), T0)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .lease(lease_req(&["paced"], 10), T0)
+                .await
+                .unwrap()
+                .len(),
+            2,
+            "the burst"
+        );
+        assert!(
+            store
+                .lease(lease_req(&["paced"], 10), T0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // The store knows when the next token is due, and wakes waiters then.
+        let due = store.tick(T0).await.unwrap().next_due.unwrap();
+        assert!(due <= T0.plus_ms(500), "{due:?}");
+        let mut wake = store.subscribe();
+        wake.borrow_and_update();
+        assert!(
+            store
+                .lease(lease_req(&["paced"], 10), T0.plus_ms(499))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        store.tick(T0.plus_ms(500)).await.unwrap();
+        // (The writer signals right after answering, so wait for it rather than peek.)
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(5), wake.changed()).await;
+        assert!(
+            matches!(woken, Ok(Ok(()))),
+            "a token came due and nobody was woken"
+        );
+        assert_eq!(
+            store
+                .lease(lease_req(&["paced"], 10), T0.plus_ms(500))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        // A long idle refills up to the burst only.
+        assert_eq!(
+            store
+                .lease(lease_req(&["paced"], 10), T0.plus_ms(60_000))
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        // Other queues are not limited.
+        store
+            .enqueue((0..5).map(|_| job("free")).collect(), T0)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .lease(lease_req(&["free"], 10), T0)
+                .await
+                .unwrap()
+                .len(),
+            5
         );
     }
 }

@@ -495,6 +495,7 @@ async fn run(ctx: &Ctx, command: Command) -> commands::Outcome {
                 timeout_ms: timeout_ms.map(|s| s.into_patch(|v| v)),
                 backoff: backoff.map(|s| s.into_patch(|b| b.0)),
                 retention: retention.map(|s| s.into_patch(|r| r.0)),
+                ..Default::default()
             };
             commands::queues_set(ctx, &name, patch).await
         }

@@ -178,15 +178,24 @@ async fn worker_and_queue_inputs_are_checked() {
         .call(
             "PUT",
             "/v1/queues/q",
-            Some(json!({"concurrency": 0, "max_attempts": 1001, "rate_limit": {"per_second": 1}})),
+            Some(json!({"concurrency": 0, "max_attempts": 1001, "fairness": "strict"})),
             422,
         )
         .await;
     assert_eq!(
         pointers(&p),
-        ["/rate_limit"],
+        ["/fairness"],
         "unsupported settings are refused, not ignored"
     );
+    let p = s
+        .call(
+            "PUT",
+            "/v1/queues/q",
+            Some(json!({"concurrency": 0, "max_attempts": 1001, "rate_limit": {"per_second": 1}})),
+            422,
+        )
+        .await;
+    assert_eq!(pointers(&p), ["/concurrency", "/max_attempts"]);
     let p = s
         .call(
             "PUT",

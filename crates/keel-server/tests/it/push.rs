@@ -717,3 +717,58 @@ async fn a_delivery_unfinished_at_shutdown_is_released_without_costing_an_attemp
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_push_queue_delivers_at_its_rate() {
+    let (addr, _) = target().await;
+    let s = keel().await;
+    let body = json!({"target": {"url": format!("http://{addr}/ok")},
+                      "rate_limit": {"per_second": 5, "burst": 1}});
+    let q = s.call("PUT", "/v1/queues/paced", Some(body), 200).await;
+    assert_eq!(
+        q["config"]["rate_limit"],
+        json!({"per_second": 5.0, "burst": 1})
+    );
+    let mut ids = vec![];
+    for n in 0..6 {
+        let job = s
+            .enqueue(json!({"queue": "paced", "kind": "k", "payload": {"n": n}}))
+            .await;
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    let mut at = vec![];
+    for id in &ids {
+        let (job, events) = settled(&s, id).await;
+        assert_eq!(job["state"], "completed");
+        let t = keel_core::Time::parse_rfc3339(delivery(&events)["at"].as_str().unwrap()).unwrap();
+        at.push(t.as_millis());
+    }
+    at.sort();
+    // One token at a time, five per second: consecutive deliveries at least ~200 ms apart.
+    for pair in at.windows(2) {
+        assert!(pair[1] - pair[0] >= 180, "deliveries too close: {at:?}");
+    }
+    for (body, pointer) in [
+        (
+            json!({"rate_limit": {"per_second": 0}}),
+            "/rate_limit/per_second",
+        ),
+        (
+            json!({"rate_limit": {"per_second": 5, "burst": 0}}),
+            "/rate_limit/burst",
+        ),
+    ] {
+        let (status, problem, _) = s
+            .call_as(
+                s.admin_token.as_deref(),
+                "PUT",
+                "/v1/queues/paced",
+                Some(body),
+            )
+            .await;
+        assert_eq!(
+            (status, pointers(&problem)),
+            (422, vec![pointer.to_owned()])
+        );
+    }
+}

@@ -13,7 +13,8 @@ use std::sync::mpsc::Receiver;
 
 use keel_core::lease::token_hash;
 use keel_core::{
-    Command, EventData, Failure, Job, NewJob, QueueConfig, QueueOverrides, Scope, State, Time, step,
+    Command, EventData, Failure, Job, NewJob, QueueConfig, QueueOverrides, Scope, State, Time,
+    TokenBucket, step,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
@@ -99,6 +100,21 @@ pub(crate) type Done = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 struct QueueState {
     config: QueueConfig,
     paused: bool,
+    /// The rate limit's bucket (memory only: a restart or a failed group starts it full).
+    bucket: Option<TokenBucket>,
+}
+
+impl QueueState {
+    fn new(config: QueueConfig, paused: bool) -> QueueState {
+        let bucket = config
+            .rate_limit
+            .map(|l| TokenBucket::full(&l, Time::EPOCH));
+        QueueState {
+            config,
+            paused,
+            bucket,
+        }
+    }
 }
 
 pub(crate) struct Writer {
@@ -113,6 +129,8 @@ pub(crate) struct Writer {
     /// The `rand_a` counter of the last id within `last_id_ms`.
     id_seq: u16,
     next_retention: Time,
+    /// When a rate-limited queue with ready jobs gets its next token: waiters are woken then.
+    rate_wake: Option<Time>,
     /// Set when the current group made a job leasable; the signal is sent after commit.
     wake: bool,
     fatal: Option<StoreError>,
@@ -140,6 +158,7 @@ impl Writer {
             last_id_ms: 0,
             id_seq: 0,
             next_retention: Time::EPOCH,
+            rate_wake: None,
             wake: false,
             fatal: None,
             signal,
@@ -170,7 +189,7 @@ impl Writer {
                 )))
             })?;
             let config = QueueConfig::with_overrides(&self.defaults, &overrides);
-            self.queues.insert(name, QueueState { config, paused });
+            self.queues.insert(name, QueueState::new(config, paused));
         }
         drop(stmt);
         self.schedules = load_armed(&self.conn)?;
@@ -384,10 +403,14 @@ impl Writer {
 
     /// The earliest moment something is due: a scheduled job, a lease expiry, a schedule's tick.
     fn next_due(&self) -> Option<Time> {
-        match (self.index.next_due(), schedules::next_due(&self.schedules)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.index.next_due(),
+            schedules::next_due(&self.schedules),
+            self.rate_wake,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn load(&self, id: Uuid) -> Result<Option<Job>, Fatal> {
@@ -476,13 +499,8 @@ impl Writer {
             .prepare_cached("INSERT OR IGNORE INTO queues (name, paused, overrides, created_at, updated_at) VALUES (?1, 0, '{}', ?2, ?2)")?
             .execute(params![name, now.as_millis()])?;
         let config = self.defaults.clone();
-        self.queues.insert(
-            name.to_owned(),
-            QueueState {
-                config: config.clone(),
-                paused: false,
-            },
-        );
+        self.queues
+            .insert(name.to_owned(), QueueState::new(config.clone(), false));
         Ok(config)
     }
 
@@ -608,6 +626,7 @@ impl Writer {
                 continue;
             }
             let concurrency = q.config.concurrency;
+            let rate = q.config.rate_limit;
             while out.len() < req.max_jobs {
                 if concurrency.is_some_and(|c| self.index.running(queue) >= c) {
                     break;
@@ -615,6 +634,16 @@ impl Writer {
                 let Some(id) = self.index.next_ready(queue) else {
                     break;
                 };
+                if let (Some(limit), Some(bucket)) = (
+                    rate,
+                    self.queues.get_mut(queue).and_then(|q| q.bucket.as_mut()),
+                ) && bucket.take(&limit, 1, now) == 0
+                {
+                    // Over its rate: hand out nothing more, and wake waiters when a token is due.
+                    let at = bucket.next_token_at(&limit);
+                    self.rate_wake = Some(self.rate_wake.map_or(at, |w| w.min(at)));
+                    break;
+                }
                 let Some(job) = self.load(id)? else {
                     return Err(Fatal(StoreError::Internal(format!(
                         "ready index names missing job {id}"
@@ -660,6 +689,11 @@ impl Writer {
 
     fn tick(&mut self, now: Time) -> Step<Tick> {
         self.promote_due(now)?;
+        if self.rate_wake.is_some_and(|at| at <= now) {
+            // A rate-limited queue has a token again: waiting workers and pushes try again.
+            self.rate_wake = None;
+            self.wake = true;
+        }
         for entry in self.index.expired_leases(now, TIMER_BATCH) {
             let jitter = self.rng.next_f64();
             self.run_timer(entry, &Command::ExpireLease { jitter }, now)?;
@@ -745,7 +779,11 @@ impl Writer {
             .prepare_cached("UPDATE queues SET overrides = ?2 WHERE name = ?1")?
             .execute(params![name, text])?;
         if let Some(q) = self.queues.get_mut(name) {
-            q.config = QueueConfig::with_overrides(&self.defaults, &overrides);
+            let config = QueueConfig::with_overrides(&self.defaults, &overrides);
+            if config.rate_limit != q.config.rate_limit {
+                q.bucket = config.rate_limit.map(|l| TokenBucket::full(&l, now));
+            }
+            q.config = config;
         }
         // A raised concurrency limit can make jobs leasable.
         self.wake = true;
