@@ -207,6 +207,10 @@ pub(crate) fn document() -> Value {
                     "state": {"enum": ["dead", "completed", "cancelled", "available"]}}}))),
                 vec![("200", ok("How many.", json!({"type": "object", "required": ["purged"], "properties": {"purged": {"type": "integer", "minimum": 0}}})))], Errs::Body),
         },
+        "/metrics": {
+            "get": operation("metrics", "Prometheus metrics (today: push breakers)", vec![], None,
+                vec![("200", json!({"description": "Prometheus text format 0.0.4.", "content": {"text/plain": {"schema": {"type": "string"}}}}))], Errs::Read),
+        },
         "/v1/targets": {
             "get": operation("listTargets", "Push origins and their circuit breakers (this node's view)", vec![], None,
                 vec![("200", ok("Origins.", json!({"type": "array", "items": r("Origin")})))], Errs::Read),

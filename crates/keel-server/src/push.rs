@@ -55,11 +55,21 @@ pub(crate) struct Push {
     reconfigured: std::sync::atomic::AtomicBool,
 }
 
+/// A metric family: name, type, help, and how to read it from an origin.
+type MetricFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&OriginState) -> u64,
+);
+
 #[derive(Default)]
 struct OriginState {
     breaker: Breaker,
     /// The newest breaker changes, newest last (at most 20).
     history: Vec<BreakerEvent>,
+    /// Times the breaker opened since this server started.
+    opened_total: u64,
 }
 
 #[derive(Clone, Serialize)]
@@ -140,6 +150,48 @@ impl Push {
                 }
             })
             .collect())
+    }
+
+    /// The breakers in the Prometheus text format (label values escaped).
+    pub(crate) fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let breakers = lock(&self.breakers);
+        let mut origins: Vec<(&String, &OriginState)> = breakers.iter().collect();
+        origins.sort_by_key(|(o, _)| o.as_str());
+        let families: [MetricFamily; 3] = [
+            (
+                "keel_push_breaker_state",
+                "gauge",
+                "Circuit breaker of a push origin: 0 closed, 1 half-open, 2 open.",
+                |s| match s.breaker.state {
+                    keel_core::breaker::BreakerState::Closed => 0,
+                    keel_core::breaker::BreakerState::HalfOpen => 1,
+                    keel_core::breaker::BreakerState::Open => 2,
+                },
+            ),
+            (
+                "keel_push_breaker_consecutive_failures",
+                "gauge",
+                "Consecutive failed deliveries to a push origin.",
+                |s| u64::from(s.breaker.consecutive_failures),
+            ),
+            (
+                "keel_push_breaker_opened_total",
+                "counter",
+                "Times the breaker of a push origin opened since the server started.",
+                |s| s.opened_total,
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (origin, state) in &origins {
+                let label = origin
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                let _ = writeln!(out, "{name}{{origin=\"{label}\"}} {}", value(state));
+            }
+        }
     }
 
     /// The delivery loop; returns when `stopping` turns true and in-flight deliveries have
@@ -335,6 +387,9 @@ impl Push {
             let state = breakers.entry(origin.to_owned()).or_default();
             let change = state.breaker.record(verdict.healthy, &target.breaker, now);
             if let Some(c) = change {
+                if matches!(c, BreakerChange::Opened { .. }) {
+                    state.opened_total += 1;
+                }
                 state.history.push(BreakerEvent {
                     at: now,
                     change: match c {
@@ -351,12 +406,28 @@ impl Push {
             }
             change
         };
-        match change {
+        let (action, data) = match change {
             Some(BreakerChange::Opened { open_ms }) => {
-                tracing::warn!(message = "Breaker opened.", origin, open_ms)
+                tracing::warn!(message = "Breaker opened.", origin, open_ms);
+                (
+                    "breaker.opened",
+                    serde_json::json!({"open_ms": open_ms, "queue": job.queue}),
+                )
             }
-            Some(BreakerChange::Closed) => tracing::info!(message = "Breaker closed.", origin),
-            None => {}
+            Some(BreakerChange::Closed) => {
+                tracing::info!(message = "Breaker closed.", origin);
+                ("breaker.closed", serde_json::json!({"queue": job.queue}))
+            }
+            None => return,
+        };
+        // Recorded in the audit log, so an operator can see later when a partner was cut off.
+        let actor = keel_store::Actor::system("push");
+        if let Err(e) = self
+            .store
+            .record_audit(&actor, action, origin, data, now)
+            .await
+        {
+            tracing::warn!(message = "Breaker change not recorded.", origin, error = %e);
         }
     }
 

@@ -154,6 +154,17 @@ pub trait Store: Send + Sync + 'static {
     /// Every schema, by kind.
     async fn schemas(&self) -> Result<Vec<SchemaRecord>, StoreError>;
 
+    /// Appends an audit entry for a change the server made on its own (a push breaker opening
+    /// or closing), which is not one of the admin changes above.
+    async fn record_audit(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        data: serde_json::Value,
+        now: Time,
+    ) -> Result<(), StoreError>;
+
     /// Audit entries newest first; `before` is the previous page's last `seq`.
     async fn audit_log(
         &self,

@@ -52,6 +52,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/queues/{name}/replay", post(queues::replay))
         .route("/v1/queues/{name}/purge", post(queues::purge))
         .route("/v1/targets", get(queues::targets))
+        .route("/metrics", get(queues::metrics))
         .route(
             "/v1/tokens",
             post(admin::create_token).get(admin::list_tokens),

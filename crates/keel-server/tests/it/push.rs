@@ -383,6 +383,55 @@ async fn breaker_opens_spares_attempts_and_closes_after_recovery_while_other_ori
         .map(|h| h["change"].as_str().unwrap())
         .collect();
     assert_eq!(changes.last(), Some(&"closed"), "{t}");
+
+    // The breaker's state and history are in /metrics and, durably, in the audit log.
+    let res = s.http.get(s.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = res.text().await.unwrap();
+    let origin = format!("origin=\"http://{flaky}\"");
+    assert!(
+        text.contains(&format!("keel_push_breaker_state{{{origin}}} 0")),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE keel_push_breaker_opened_total counter"),
+        "{text}"
+    );
+    let opened: u64 = text
+        .lines()
+        .find(|l| l.starts_with(&format!("keel_push_breaker_opened_total{{{origin}}}")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(opened >= 1, "{text}");
+    let audit = s.get("/v1/audit?limit=100", 200).await;
+    let recorded: Vec<(String, String)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["target"] == format!("http://{flaky}"))
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["actor"]["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        recorded.first(),
+        Some(&("breaker.closed".to_owned(), "push".to_owned())),
+        "{audit}"
+    );
+    assert!(
+        recorded.iter().any(|(a, _)| a == "breaker.opened"),
+        "{audit}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -505,6 +505,19 @@ impl Store for SqliteStore {
         self.read(access::read_schemas).await
     }
 
+    async fn record_audit(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        data: serde_json::Value,
+        now: Time,
+    ) -> Result<(), StoreError> {
+        let (actor, action, target) = (actor.clone(), action.to_owned(), target.to_owned());
+        self.run(move |w| Ok(Ok(w.audit(&actor, &action, &target, &data, now)?)))
+            .await
+    }
+
     async fn audit_log(
         &self,
         before: Option<i64>,
