@@ -18,7 +18,7 @@ use crate::error::{Error, Problem};
 use crate::types::{
     AckItem, AckResult, AuditPage, CreatedToken, EnqueueRequest, Enqueued, Event, Failure,
     JobFilter, JobPage, LeaseRequest, LeasedJob, NewToken, QueueInfo, QueuePatch, ScheduleInfo,
-    ScheduleRequest, SchemaInfo, TokenInfo,
+    ScheduleRequest, SchemaInfo, TargetInfo, TokenInfo,
 };
 
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8470";
@@ -598,6 +598,11 @@ impl Client {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Push origins with their circuit breakers (this server's view).
+    pub async fn targets(&self) -> Result<Vec<TargetInfo>, Error> {
+        self.get("/v1/targets").await
     }
 
     /// Creates or replaces the schedule `name` (admin only). Replacing keeps its clock: no tick

@@ -18,5 +18,5 @@ pub use types::{
     AckItem, AckOutcome, AckResult, AuditActor, AuditEntry, AuditPage, Counts, CreatedToken,
     EnqueueRequest, Enqueued, Event, Failure, JobFilter, JobPage, LeaseInfo, LeaseRequest,
     LeasedJob, NewToken, QueueInfo, QueuePatch, ScheduleInfo, ScheduleRequest, ScheduleRun,
-    SchemaInfo, TokenInfo,
+    SchemaInfo, TargetInfo, TokenInfo,
 };

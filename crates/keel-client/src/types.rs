@@ -371,6 +371,19 @@ pub struct ScheduleRun {
     pub skipped_until: Option<Time>,
 }
 
+/// One push origin and its circuit breaker (`GET /v1/targets`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct TargetInfo {
+    pub origin: String,
+    pub queues: Vec<String>,
+    /// `closed`, `open` or `half_open`.
+    pub state: String,
+    pub consecutive_failures: u32,
+    pub opened_at: Option<Time>,
+    pub next_probe_at: Option<Time>,
+    pub history: Vec<Value>,
+}
+
 /// `POST /v1/tokens`.
 #[derive(Clone, Debug, Serialize)]
 pub struct NewToken {

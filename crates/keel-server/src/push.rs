@@ -37,7 +37,7 @@ pub const DEFAULT_PUSH_CONCURRENCY: usize = 64;
 /// The most of a response body kept as the job's result.
 const MAX_RESULT_BYTES: usize = 64 << 10;
 /// How often the loop re-reads which queues push, besides when told.
-const REFRESH_EVERY: Duration = Duration::from_secs(5);
+const REFRESH_EVERY: Duration = Duration::from_secs(30);
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 /// The push engine's shared state: breakers per origin and deliveries in flight per queue.

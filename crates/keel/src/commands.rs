@@ -410,6 +410,21 @@ fn print_queue(ctx: &Ctx, q: &keel_client::QueueInfo) {
         "  retention     completed {} ms, dead {} ms",
         c.retention.completed_ms, c.retention.dead_ms
     );
+    if let Some(r) = &c.rate_limit {
+        println!("  rate limit    {} jobs/s, burst {}", r.per_second, r.burst);
+    }
+    if let Some(t) = &c.target {
+        println!(
+            "  push target   {} (timeout {} ms{})",
+            t.url,
+            t.timeout_ms,
+            if t.signing_secret.is_some() {
+                ", signed"
+            } else {
+                ""
+            }
+        );
+    }
     let n = q.counts;
     println!(
         "  jobs          {} available, {} scheduled, {} running, {} completed, {} dead, {} cancelled",
@@ -766,6 +781,38 @@ pub async fn schedules_pause(ctx: &Ctx, name: &str, paused: bool) -> Outcome {
     } else {
         println!("paused schedule {name}");
     }
+    Ok(exit::OK)
+}
+
+pub async fn targets(ctx: &Ctx) -> Outcome {
+    let all = ctx.client.targets().await?;
+    if ctx.json {
+        ctx.print_json(&all);
+        return Ok(exit::OK);
+    }
+    if all.is_empty() {
+        println!("no push targets");
+        return Ok(exit::OK);
+    }
+    let now = render::now();
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|t| {
+            vec![
+                t.origin.clone(),
+                t.state.replace('_', "-"),
+                t.consecutive_failures.to_string(),
+                t.next_probe_at
+                    .map_or("-".to_owned(), |at| relative(at, now)),
+                t.queues.join(","),
+            ]
+        })
+        .collect();
+    render::table(
+        &ctx.style,
+        &["ORIGIN", "BREAKER", "FAILURES", "NEXT PROBE", "QUEUES"],
+        &rows,
+    );
     Ok(exit::OK)
 }
 

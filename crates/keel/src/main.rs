@@ -80,6 +80,9 @@ enum Command {
     /// Create, list, pause and delete schedules (cron or fixed-interval jobs).
     #[command(subcommand)]
     Schedules(SchedulesCmd),
+    /// Show push targets' origins and their circuit breakers.
+    #[command(after_help = "Examples:\n  keel targets\n  keel targets --json")]
+    Targets,
     /// Show the audit log of admin changes, newest first.
     #[command(after_help = "Examples:\n  keel audit\n  keel audit --limit 200 --json")]
     Audit {
@@ -156,7 +159,7 @@ enum QueuesCmd {
     Show { name: String },
     /// Change a queue's settings; `default` puts a setting back to the server default.
     #[command(
-        after_help = "Examples:\n  keel queues set emails --concurrency 5 --max-attempts 10\n  keel queues set emails --concurrency default\n  keel queues set emails --backoff 1000:60000:0.25"
+        after_help = "Examples:\n  keel queues set emails --concurrency 5 --max-attempts 10\n  keel queues set emails --concurrency default\n  keel queues set emails --backoff 1000:60000:0.25\n  keel queues set partner-sync --rate-limit 50:100"
     )]
     Set {
         name: String,
@@ -173,6 +176,9 @@ enum QueuesCmd {
         /// COMPLETED_MS:DEAD_MS, or `default`.
         #[arg(long)]
         retention: Option<Setting<RetentionArg>>,
+        /// PER_SECOND[:BURST] jobs handed out (to workers and pushes), or `default` (no limit).
+        #[arg(long)]
+        rate_limit: Option<Setting<RateLimitArg>>,
     },
     /// Stop handing out the queue's jobs.
     #[command(after_help = "Example:\n  keel queues pause emails")]
@@ -361,6 +367,29 @@ impl std::str::FromStr for BackoffArg {
 }
 
 #[derive(Clone)]
+struct RateLimitArg(keel_core::RateLimit);
+
+impl std::str::FromStr for RateLimitArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (rate, burst) = match s.split_once(':') {
+            Some((r, b)) => (r, Some(b)),
+            None => (s, None),
+        };
+        let per_second: f64 = rate
+            .parse()
+            .map_err(|_| format!("{rate:?} is not a number of jobs per second"))?;
+        let burst = match burst {
+            Some(b) => b
+                .parse::<u32>()
+                .map_err(|_| format!("{b:?} is not a whole number of jobs"))?,
+            None => per_second.clamp(1.0, 1_000_000.0).ceil() as u32,
+        };
+        Ok(RateLimitArg(keel_core::RateLimit { per_second, burst }))
+    }
+}
+
+#[derive(Clone)]
 struct RetentionArg(keel_core::Retention);
 
 impl std::str::FromStr for RetentionArg {
@@ -488,6 +517,7 @@ async fn run(ctx: &Ctx, command: Command) -> commands::Outcome {
             timeout_ms,
             backoff,
             retention,
+            rate_limit,
         }) => {
             let patch = QueuePatch {
                 concurrency: concurrency.map(|s| s.into_patch(|v| v)),
@@ -495,6 +525,7 @@ async fn run(ctx: &Ctx, command: Command) -> commands::Outcome {
                 timeout_ms: timeout_ms.map(|s| s.into_patch(|v| v)),
                 backoff: backoff.map(|s| s.into_patch(|b| b.0)),
                 retention: retention.map(|s| s.into_patch(|r| r.0)),
+                rate_limit: rate_limit.map(|s| s.into_patch(|r| r.0)),
                 ..Default::default()
             };
             commands::queues_set(ctx, &name, patch).await
@@ -537,6 +568,7 @@ async fn run(ctx: &Ctx, command: Command) -> commands::Outcome {
         Command::Tokens(TokensCmd::Ls) => commands::tokens_ls(ctx).await,
         Command::Tokens(TokensCmd::Rm { id }) => commands::tokens_rm(ctx, id).await,
         Command::Audit { limit } => commands::audit(ctx, limit).await,
+        Command::Targets => commands::targets(ctx).await,
         Command::Schedules(SchedulesCmd::Set(args)) => commands::schedules_set(ctx, *args).await,
         Command::Schedules(SchedulesCmd::Ls) => commands::schedules_ls(ctx).await,
         Command::Schedules(SchedulesCmd::Show { name }) => {

@@ -272,6 +272,7 @@ fn every_subcommand_has_help_with_an_example_and_completions_exist() {
         vec!["schedules", "pause"],
         vec!["schedules", "resume"],
         vec!["schedules", "rm"],
+        vec!["targets"],
         vec!["bench"],
     ] {
         let mut full = args.clone();
@@ -535,6 +536,76 @@ fn schedules_are_set_listed_fired_paused_and_removed() {
         audit.contains("schedule.deleted") && audit.contains("schedule.created"),
         "{audit}"
     );
+}
+
+#[test]
+fn rate_limits_and_push_targets_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Keel::start_with(dir.path(), "127.0.0.1:0", &["--allow-private-targets"]);
+    // Port 1 on loopback refuses connections: every delivery fails, the breaker counts them.
+    let target = r#"{"url": "http://127.0.0.1:1/hook", "timeout_ms": 1000}"#;
+    // The CLI has no flags for a whole target (headers, secret); the API sets it.
+    let http = server.http(std::time::Duration::from_secs(10));
+    let url = format!("{}/v1/queues/partner", server.base);
+    let body = format!(r#"{{"target": {target}}}"#);
+    let status = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            http.put(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+    assert_eq!(status, 200);
+    let out = keel(
+        &server,
+        &["queues", "set", "partner", "--rate-limit", "5:2"],
+    );
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    let (shown, _) = text(&keel(&server, &["queues", "show", "partner"]));
+    assert!(shown.contains("rate limit    5 jobs/s, burst 2"), "{shown}");
+    assert!(
+        shown.contains("push target   http://127.0.0.1:1/hook (timeout 1000 ms)"),
+        "{shown}"
+    );
+    let out = keel(
+        &server,
+        &["queues", "set", "partner", "--rate-limit", "fast"],
+    );
+    assert_eq!(code(&out), 2, "{:?}", text(&out));
+    let out = keel(&server, &["enqueue", "partner", "partner.sync", "{}"]);
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (targets, _) = text(&keel(&server, &["targets"]));
+        let listed: Value =
+            serde_json::from_slice(&keel(&server, &["--json", "targets"]).stdout).unwrap();
+        if listed[0]["consecutive_failures"].as_u64().unwrap_or(0) >= 1 {
+            assert_eq!(listed[0]["origin"], "http://127.0.0.1:1");
+            assert_eq!(listed[0]["queues"], serde_json::json!(["partner"]));
+            assert!(
+                targets.contains("http://127.0.0.1:1") && targets.contains("partner"),
+                "{targets}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed delivery shown: {targets}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = keel(
+        &server,
+        &["queues", "set", "partner", "--rate-limit", "default"],
+    );
+    assert_eq!(code(&out), 0);
+    let (shown, _) = text(&keel(&server, &["queues", "show", "partner"]));
+    assert!(!shown.contains("rate limit"), "{shown}");
 }
 
 #[test]
