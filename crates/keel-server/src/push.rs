@@ -47,12 +47,17 @@ pub(crate) struct Push {
     http: reqwest::Client,
     allow_private: bool,
     breakers: Mutex<HashMap<String, OriginState>>,
-    in_flight: Mutex<HashMap<String, usize>>,
-    /// The lease token of each delivery in flight, so shutdown can give them back.
-    leases: Mutex<HashMap<uuid::Uuid, String>>,
+    /// Each delivery in flight: its queue (the per-queue count is derived from it) and lease
+    /// token (so shutdown can give it back).
+    in_flight: Mutex<HashMap<uuid::Uuid, InFlight>>,
     /// A delivery finished or a queue was reconfigured: the loop looks again.
     changed: Notify,
     reconfigured: std::sync::atomic::AtomicBool,
+}
+
+struct InFlight {
+    queue: String,
+    token: String,
 }
 
 /// A metric family: name, type, help, and how to read it from an origin.
@@ -110,7 +115,6 @@ impl Push {
             allow_private,
             breakers: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
-            leases: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             reconfigured: std::sync::atomic::AtomicBool::new(true),
         })
@@ -195,7 +199,7 @@ impl Push {
     }
 
     /// The delivery loop; returns when `stopping` turns true and in-flight deliveries have
-    /// finished (or `grace` ran out; their leases then expire as failed attempts).
+    /// finished (or `grace` ran out; those still running are then released).
     pub(crate) async fn run(self: Arc<Self>, mut stopping: watch::Receiver<bool>, grace: Duration) {
         let mut wake = self.store.subscribe();
         let mut queues: Vec<(String, QueueConfig)> = vec![];
@@ -253,15 +257,15 @@ impl Push {
     /// Gives every delivery still in flight back to its queue without counting the attempt
     /// (the target may have received it; the `Idempotency-Key` header lets it tell).
     async fn release_unfinished(&self) {
-        let unfinished: Vec<(uuid::Uuid, String)> = lock(&self.leases).drain().collect();
+        let unfinished: Vec<(uuid::Uuid, InFlight)> = lock(&self.in_flight).drain().collect();
         if unfinished.is_empty() {
             return;
         }
         let items = unfinished
-            .iter()
-            .map(|(id, token)| Outcome {
-                id: *id,
-                token: token.clone(),
+            .into_iter()
+            .map(|(id, d)| Outcome {
+                id,
+                token: d.token,
                 kind: OutcomeKind::Released,
                 delivery: None,
             })
@@ -298,7 +302,10 @@ impl Push {
         let limit = config
             .concurrency
             .map_or(DEFAULT_PUSH_CONCURRENCY, |c| c as usize);
-        let busy = lock(&self.in_flight).get(queue).copied().unwrap_or(0);
+        let busy = lock(&self.in_flight)
+            .values()
+            .filter(|d| d.queue == queue)
+            .count();
         let free = limit.saturating_sub(busy);
         let now = self.clock.now();
         let (admitted, probe_at) = {
@@ -328,18 +335,18 @@ impl Push {
                 s.breaker.probe_abandoned();
             }
         }
-        *lock(&self.in_flight).entry(queue.to_owned()).or_default() += leased.len();
         for job in leased {
-            lock(&self.leases).insert(job.job.id, job.token.clone());
+            let flight = InFlight {
+                queue: queue.to_owned(),
+                token: job.token.clone(),
+            };
+            lock(&self.in_flight).insert(job.job.id, flight);
             let me = self.clone();
-            let (target, origin, queue) = (target.clone(), origin.clone(), queue.to_owned());
+            let (target, origin) = (target.clone(), origin.clone());
             tasks.spawn(async move {
                 let id = job.job.id;
                 me.deliver(job, &target, &origin).await;
-                lock(&me.leases).remove(&id);
-                if let Some(n) = lock(&me.in_flight).get_mut(&queue) {
-                    *n = n.saturating_sub(1);
-                }
+                lock(&me.in_flight).remove(&id);
                 me.changed.notify_one();
             });
         }
@@ -352,7 +359,7 @@ impl Push {
         let answer = self.attempt(job, target).await;
         let duration_ms = started.elapsed().as_millis() as i64;
         let now = self.clock.now();
-        let verdict = classify(answer, job, target.timeout_ms, now);
+        let verdict = classify(answer, job, now);
         tracing::info!(
             message = "Delivery attempted.",
             job_id = %job.id, queue = %job.queue, kind = %job.kind, attempt = job.attempt,
@@ -472,7 +479,7 @@ impl Push {
         }
         let mut res = match req.body(body).send().await {
             Ok(r) => r,
-            Err(e) => return Answer::Failed(describe(e)),
+            Err(e) => return describe(e, target.timeout_ms),
         };
         let status = res.status().as_u16();
         let retry_after = res
@@ -513,6 +520,8 @@ enum Answer {
     },
     /// No answer (time-out, connection refused or reset, TLS failure).
     Failed(String),
+    /// The host resolved only to addresses the policy forbids; nothing was sent.
+    Forbidden(String),
     /// Not sent: the address is forbidden.
     Refused(String),
 }
@@ -537,7 +546,7 @@ impl Verdict {
     }
 }
 
-fn classify(answer: Answer, job: &Job, timeout_ms: i64, now: Time) -> Verdict {
+fn classify(answer: Answer, job: &Job, now: Time) -> Verdict {
     let failed =
         |status: Option<u16>, message: String, retryable: bool, retry_in_ms: Option<i64>| Verdict {
             kind: OutcomeKind::Failed {
@@ -587,15 +596,8 @@ fn classify(answer: Answer, job: &Job, timeout_ms: i64, now: Time) -> Verdict {
             false,
             None,
         ),
-        Answer::Failed(why) if why.contains("forbidden address") => failed(None, why, false, None),
-        Answer::Failed(why) => {
-            let why = if why.contains("timed out") {
-                format!("no answer within {timeout_ms} ms")
-            } else {
-                why
-            };
-            failed(None, why, true, None)
-        }
+        Answer::Failed(why) => failed(None, why, true, None),
+        Answer::Forbidden(why) => failed(None, why, false, None),
         Answer::Refused(why) => failed(None, format!("not sent: {why}"), false, None),
     }
 }
@@ -631,24 +633,25 @@ fn result_of(body: &[u8]) -> Json {
     }
 }
 
-/// A short, secret-free description of a transport error, naming a forbidden address.
-fn describe(e: reqwest::Error) -> String {
+/// A transport error as an answer, with a short, secret-free description: the resolver's
+/// refusal of a forbidden address is final; anything else is a failure worth retrying.
+fn describe(e: reqwest::Error, timeout_ms: i64) -> Answer {
     let mut source: Option<&dyn std::error::Error> = Some(&e);
     while let Some(s) = source {
         if let Some(f) = s.downcast_ref::<Forbidden>() {
-            return f.0.clone();
+            return Answer::Forbidden(f.0.clone());
         }
         source = s.source();
     }
-    if e.is_timeout() {
-        "timed out".to_owned()
+    Answer::Failed(if e.is_timeout() {
+        format!("no answer within {timeout_ms} ms")
     } else if e.is_connect() {
         "connection failed".to_owned()
     } else {
         // Without the URL: it may carry a token in its query.
         let text = e.without_url().to_string();
         text.chars().take(200).collect()
-    }
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

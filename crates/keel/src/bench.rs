@@ -99,20 +99,11 @@ struct Target {
 
 impl Target {
     async fn put(&self, path: &str, body: &Value) -> Result<Value, String> {
-        let res = self
-            .http
-            .put(format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = res.status();
-        let v: Value = res.json().await.map_err(|e| e.to_string())?;
-        if status.is_success() {
-            Ok(v)
-        } else {
-            Err(format!("{status}: {v}"))
-        }
+        self.send(reqwest::Method::PUT, path, body).await
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
+        self.send(reqwest::Method::POST, path, body).await
     }
 
     async fn get(&self, path: &str) -> Result<Value, String> {
@@ -125,10 +116,16 @@ impl Target {
         res.json().await.map_err(|e| e.to_string())
     }
 
-    async fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
+    /// Sends JSON; a non-2xx answer is an error carrying its status and body.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<Value, String> {
         let res = self
             .http
-            .post(format!("{}{path}", self.base))
+            .request(method, format!("{}{path}", self.base))
             .json(body)
             .send()
             .await

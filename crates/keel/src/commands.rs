@@ -685,18 +685,13 @@ fn cadence(s: &ScheduleInfo) -> String {
 
 pub async fn schedules_ls(ctx: &Ctx) -> Outcome {
     let all = ctx.client.schedules().await?;
-    if ctx.json {
-        ctx.print_json(&all);
-        return Ok(exit::OK);
-    }
-    if all.is_empty() {
-        println!("no schedules");
-        return Ok(exit::OK);
-    }
     let now = render::now();
-    let rows: Vec<Vec<String>> = all
-        .iter()
-        .map(|s| {
+    print_list(
+        ctx,
+        &all,
+        "no schedules",
+        &["NAME", "CADENCE", "QUEUE/KIND", "NEXT", "LAST RUN"],
+        |s| {
             vec![
                 s.name.clone(),
                 cadence(s),
@@ -707,14 +702,8 @@ pub async fn schedules_ls(ctx: &Ctx) -> Outcome {
                     format!("{} {}", r.outcome, relative(r.tick_at, now))
                 }),
             ]
-        })
-        .collect();
-    render::table(
-        &ctx.style,
-        &["NAME", "CADENCE", "QUEUE/KIND", "NEXT", "LAST RUN"],
-        &rows,
-    );
-    Ok(exit::OK)
+        },
+    )
 }
 
 pub async fn schedules_show(ctx: &Ctx, name: &str) -> Outcome {
@@ -786,18 +775,13 @@ pub async fn schedules_pause(ctx: &Ctx, name: &str, paused: bool) -> Outcome {
 
 pub async fn targets(ctx: &Ctx) -> Outcome {
     let all = ctx.client.targets().await?;
-    if ctx.json {
-        ctx.print_json(&all);
-        return Ok(exit::OK);
-    }
-    if all.is_empty() {
-        println!("no push targets");
-        return Ok(exit::OK);
-    }
     let now = render::now();
-    let rows: Vec<Vec<String>> = all
-        .iter()
-        .map(|t| {
+    print_list(
+        ctx,
+        &all,
+        "no push targets",
+        &["ORIGIN", "BREAKER", "FAILURES", "NEXT PROBE", "QUEUES"],
+        |t| {
             vec![
                 t.origin.clone(),
                 t.state.replace('_', "-"),
@@ -806,13 +790,27 @@ pub async fn targets(ctx: &Ctx) -> Outcome {
                     .map_or("-".to_owned(), |at| relative(at, now)),
                 t.queues.join(","),
             ]
-        })
-        .collect();
-    render::table(
-        &ctx.style,
-        &["ORIGIN", "BREAKER", "FAILURES", "NEXT PROBE", "QUEUES"],
-        &rows,
-    );
+        },
+    )
+}
+
+/// A listing: the items as JSON with `--json`; otherwise `empty` when there are none, else a
+/// table with one `row` per item.
+fn print_list<T: Serialize>(
+    ctx: &Ctx,
+    items: &[T],
+    empty: &str,
+    headers: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> Outcome {
+    if ctx.json {
+        ctx.print_json(&items);
+    } else if items.is_empty() {
+        println!("{empty}");
+    } else {
+        let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+        render::table(&ctx.style, headers, &rows);
+    }
     Ok(exit::OK)
 }
 
@@ -852,27 +850,20 @@ pub async fn schemas_show(ctx: &Ctx, kind: &str) -> Outcome {
 
 pub async fn schemas_ls(ctx: &Ctx) -> Outcome {
     let all = ctx.client.schemas().await?;
-    if ctx.json {
-        ctx.print_json(&all);
-        return Ok(exit::OK);
-    }
-    if all.is_empty() {
-        println!("no payload schemas");
-        return Ok(exit::OK);
-    }
     let now = render::now();
-    let rows: Vec<Vec<String>> = all
-        .iter()
-        .map(|s| {
+    print_list(
+        ctx,
+        &all,
+        "no payload schemas",
+        &["KIND", "VERSION", "UPDATED"],
+        |s| {
             vec![
                 s.kind.clone(),
                 s.version.to_string(),
                 relative(s.updated_at, now),
             ]
-        })
-        .collect();
-    render::table(&ctx.style, &["KIND", "VERSION", "UPDATED"], &rows);
-    Ok(exit::OK)
+        },
+    )
 }
 
 pub async fn schemas_rm(ctx: &Ctx, kind: &str) -> Outcome {

@@ -170,6 +170,14 @@ fn no_schedule(name: &str) -> ApiError {
     ApiError::NotFound(format!("no schedule is named {name:?}"))
 }
 
+/// Maps a store error of an operation on schedule `name`: "not found" names the schedule.
+fn schedule_error(name: &str) -> impl Fn(StoreError) -> ApiError + '_ {
+    move |e| match e {
+        StoreError::NotFound => no_schedule(name),
+        other => other.into(),
+    }
+}
+
 /// The schedule if it exists and the caller's scope covers its queue.
 async fn visible(
     st: &AppState,
@@ -263,10 +271,7 @@ pub(crate) async fn delete(
     st.store
         .delete_schedule(&name, &caller.actor(), st.clock.now())
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => no_schedule(&name),
-            other => other.into(),
-        })?;
+        .map_err(schedule_error(&name))?;
     tracing::info!(message = "Schedule deleted.", schedule = %name, by = %caller.0.name);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -285,10 +290,7 @@ async fn set_paused(
         .store
         .set_schedule_paused(&name, paused, &caller.actor(), st.clock.now())
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => no_schedule(&name),
-            other => other.into(),
-        })?;
+        .map_err(schedule_error(&name))?;
     tracing::info!(message = if paused { "Schedule paused." } else { "Schedule resumed." }, schedule = %name, by = %caller.0.name);
     Ok(Json(ScheduleView::from(record)).into_response())
 }
