@@ -23,7 +23,7 @@ pub use job::{Job, JobError, Json, Lease, NewJob, State, When};
 pub use queue::{
     BreakerConfig, QueueConfig, QueueOverrides, RateLimit, Retention, Target, TokenBucket,
 };
-pub use schedule::{Cadence, CatchUp, JobTemplate, ScheduleSpec, Ticker};
+pub use schedule::{Cadence, CatchUp, JobTemplate, ScheduleClock, ScheduleSpec, Ticker};
 pub use time::Time;
 pub use transition::{Command, Failure, TransitionError, step, transition};
 pub use validate::{FieldError, Limits};

@@ -96,6 +96,16 @@ impl TokenBucket {
         }
     }
 
+    /// A bucket as a store persisted it (`tokens` counted at `at`).
+    pub fn from_parts(tokens: f64, at: Time) -> TokenBucket {
+        TokenBucket { tokens, at }
+    }
+
+    /// What a store persists: the tokens and when they were counted.
+    pub fn parts(&self) -> (f64, Time) {
+        (self.tokens, self.at)
+    }
+
     fn refill(&mut self, limit: &RateLimit, now: Time) {
         let elapsed = now.millis_since(self.at).max(0) as f64 / 1_000.0;
         self.tokens = (self.tokens + elapsed * limit.per_second).min(f64::from(limit.burst.max(1)));

@@ -276,6 +276,69 @@ impl Ticker {
     }
 }
 
+/// Where a schedule's clock stands: whether it runs, the tick it waits for (`None` while
+/// paused), and the latest tick fired or skipped (no tick at or before it fires again).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ScheduleClock {
+    pub paused: bool,
+    pub next_run_at: Option<Time>,
+    pub last_tick_at: Option<Time>,
+}
+
+impl ScheduleClock {
+    /// The clock after a schedule is created or replaced at `now`, paused or not (`None`: as it
+    /// was; a new one runs). A replaced schedule keeps its clock: the tick it was waiting for
+    /// (if the new cadence has it) still fires, and no tick it fired fires again. A new one, or
+    /// one that was paused, starts at its first tick at or after `now`.
+    pub fn after_put(
+        ticker: &Ticker,
+        existing: Option<&ScheduleClock>,
+        paused: Option<bool>,
+        now: Time,
+    ) -> ScheduleClock {
+        let paused = paused.unwrap_or(existing.is_some_and(|c| c.paused));
+        let last_tick_at = existing.and_then(|c| c.last_tick_at);
+        let from = existing
+            .and_then(|c| c.next_run_at)
+            .map_or(now, |n| n.min(now));
+        ScheduleClock {
+            paused,
+            next_run_at: if paused {
+                None
+            } else {
+                first_tick(ticker, from, last_tick_at)
+            },
+            last_tick_at,
+        }
+    }
+
+    /// The clock after pausing or resuming at `now`. Resuming starts at the first tick at or
+    /// after `now`: ticks that passed while paused are not caught up.
+    pub fn after_pause(&self, ticker: &Ticker, paused: bool, now: Time) -> ScheduleClock {
+        if self.paused == paused {
+            return *self;
+        }
+        ScheduleClock {
+            paused,
+            next_run_at: if paused {
+                None
+            } else {
+                first_tick(ticker, now, self.last_tick_at)
+            },
+            last_tick_at: self.last_tick_at,
+        }
+    }
+}
+
+/// The first tick at or after `from` that is later than `last`.
+pub fn first_tick(ticker: &Ticker, from: Time, last: Option<Time>) -> Option<Time> {
+    let from = match last {
+        Some(l) if l >= from => l.plus_ms(1),
+        _ => from,
+    };
+    ticker.first_from(from)
+}
+
 fn in_range(ms: i64) -> Option<Time> {
     let t = Time::from_millis(ms);
     (t.as_millis() == ms).then_some(t)

@@ -10,6 +10,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 mod error;
+pub mod postgres;
+mod rules;
 pub mod sqlite;
 mod types;
 mod verify;
@@ -18,6 +20,7 @@ mod verify;
 pub mod testing;
 
 pub use error::StoreError;
+pub use postgres::{PgConfig, PgStore};
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use types::{
     Actor, AuditEntry, Counts, DeliveryReport, Enqueued, JobFilter, JobPage, LeaseRequest,

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use keel_core::schedule::{Ticker, plan_firing};
-use keel_core::{ScheduleSpec, Time};
+use keel_core::{ScheduleClock, ScheduleSpec, Time};
 use rusqlite::{Connection, Row, params};
 use uuid::Uuid;
 
@@ -24,9 +24,7 @@ const MAX_TICKS_PER_PASS: usize = 1_000;
 pub(super) struct Armed {
     spec: ScheduleSpec,
     ticker: Ticker,
-    paused: bool,
-    next_run_at: Option<Time>,
-    last_tick_at: Option<Time>,
+    clock: ScheduleClock,
 }
 
 pub(super) type ArmedSet = HashMap<String, Armed>;
@@ -35,8 +33,8 @@ pub(super) type ArmedSet = HashMap<String, Armed>;
 pub(super) fn next_due(armed: &ArmedSet) -> Option<Time> {
     armed
         .values()
-        .filter(|a| !a.paused)
-        .filter_map(|a| a.next_run_at)
+        .filter(|a| !a.clock.paused)
+        .filter_map(|a| a.clock.next_run_at)
         .min()
 }
 
@@ -62,43 +60,23 @@ pub(super) fn load_armed(conn: &Connection) -> Result<ArmedSet, Fatal> {
             Armed {
                 spec,
                 ticker,
-                paused: r.get(2)?,
-                next_run_at: r.get::<_, Option<i64>>(3)?.map(Time::from_millis),
-                last_tick_at: r.get::<_, Option<i64>>(4)?.map(Time::from_millis),
+                clock: ScheduleClock {
+                    paused: r.get(2)?,
+                    next_run_at: r.get::<_, Option<i64>>(3)?.map(Time::from_millis),
+                    last_tick_at: r.get::<_, Option<i64>>(4)?.map(Time::from_millis),
+                },
             },
         );
     }
     Ok(out)
 }
 
-/// The first tick at or after `from` that is later than `last`.
-fn first_tick(ticker: &Ticker, from: Time, last: Option<Time>) -> Option<Time> {
-    let from = match last {
-        Some(l) if l >= from => l.plus_ms(1),
-        _ => from,
-    };
-    ticker.first_from(from)
-}
-
 fn spec_json(spec: &ScheduleSpec) -> Result<String, Fatal> {
     serde_json::to_string(spec).map_err(|e| Fatal(StoreError::Internal(e.to_string())))
 }
 
-/// What the audit log records of a spec: its clock and target, not the payload.
-fn audit_data(spec: &ScheduleSpec) -> serde_json::Value {
-    serde_json::json!({
-        "cadence": spec.cadence,
-        "catch_up": spec.catch_up,
-        "queue": spec.job.queue,
-        "kind": spec.job.kind,
-    })
-}
-
 impl Writer {
-    /// Creates or replaces a schedule, paused or not (`None`: as it was; new ones run). A
-    /// replaced schedule keeps its clock: the tick it was waiting for (if the new cadence has it)
-    /// still fires, and no tick it already fired fires again. A new or resumed one starts at its
-    /// first tick at or after `now`.
+    /// Creates or replaces a schedule (`ScheduleClock::after_put` has the clock rule).
     pub(super) fn put_schedule(
         &mut self,
         name: &str,
@@ -111,19 +89,9 @@ impl Writer {
             Ok(t) => t,
             Err(e) => return Ok(Err(StoreError::Internal(format!("unchecked cadence: {e}")))),
         };
-        let existing = self.schedules.get(name);
+        let existing = self.schedules.get(name).map(|a| &a.clock);
         let created = existing.is_none();
-        let paused = paused.unwrap_or(existing.is_some_and(|a| a.paused));
-        let last = existing.and_then(|a| a.last_tick_at);
-        // While it was waiting, keep its due tick; once paused, start from now.
-        let from = existing
-            .and_then(|a| a.next_run_at)
-            .map_or(now, |n| n.min(now));
-        let next = if paused {
-            None
-        } else {
-            first_tick(&ticker, from, last)
-        };
+        let clock = ScheduleClock::after_put(&ticker, existing, paused, now);
         let text = spec_json(&spec)?;
         self.conn
             .prepare_cached(
@@ -132,23 +100,15 @@ impl Writer {
                  ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, paused = excluded.paused, \
                  next_run_at = excluded.next_run_at, updated_at = excluded.updated_at",
             )?
-            .execute(params![name, text, paused, next.map(Time::as_millis), now.as_millis()])?;
-        let action = if created {
-            "schedule.created"
-        } else {
-            "schedule.updated"
-        };
-        let mut data = audit_data(&spec);
-        data["paused"] = paused.into();
+            .execute(params![name, text, clock.paused, clock.next_run_at.map(Time::as_millis), now.as_millis()])?;
+        let (action, data) = crate::rules::put(&spec, created, clock.paused);
         self.audit(actor, action, name, &data, now)?;
         self.schedules.insert(
             name.to_owned(),
             Armed {
                 spec,
                 ticker,
-                paused,
-                next_run_at: next,
-                last_tick_at: last,
+                clock,
             },
         );
         Ok(Ok(()))
@@ -170,8 +130,8 @@ impl Writer {
         Ok(Ok(()))
     }
 
-    /// Pausing stops firing; resuming starts again at the first tick at or after `now`: ticks
-    /// that passed while paused are not caught up (pausing said not to run them).
+    /// Pausing stops firing; resuming starts again at the first tick at or after `now`
+    /// (`ScheduleClock::after_pause`).
     pub(super) fn set_schedule_paused(
         &mut self,
         name: &str,
@@ -182,25 +142,16 @@ impl Writer {
         let Some(armed) = self.schedules.get_mut(name) else {
             return Ok(Err(StoreError::NotFound));
         };
-        if armed.paused != paused {
-            armed.paused = paused;
-            armed.next_run_at = if paused {
-                None
-            } else {
-                first_tick(&armed.ticker, now, armed.last_tick_at)
-            };
-            let next = armed.next_run_at;
+        if armed.clock.paused != paused {
+            armed.clock = armed.clock.after_pause(&armed.ticker, paused, now);
+            let next = armed.clock.next_run_at;
             self.conn
                 .prepare_cached(
                     "UPDATE schedules SET paused = ?2, next_run_at = ?3, updated_at = ?4 WHERE name = ?1",
                 )?
                 .execute(params![name, paused, next.map(Time::as_millis), now.as_millis()])?;
         }
-        let action = if paused {
-            "schedule.paused"
-        } else {
-            "schedule.resumed"
-        };
+        let action = crate::rules::pause_action(paused);
         self.audit(actor, action, name, &serde_json::json!({}), now)?;
         Ok(Ok(()))
     }
@@ -210,7 +161,7 @@ impl Writer {
         let mut due: Vec<String> = self
             .schedules
             .iter()
-            .filter(|(_, a)| !a.paused && a.next_run_at.is_some_and(|n| n <= now))
+            .filter(|(_, a)| !a.clock.paused && a.clock.next_run_at.is_some_and(|n| n <= now))
             .map(|(name, _)| name.clone())
             .collect();
         due.sort();
@@ -224,7 +175,7 @@ impl Writer {
         let Some(armed) = self.schedules.get(name) else {
             return Ok(());
         };
-        let Some(next) = armed.next_run_at else {
+        let Some(next) = armed.clock.next_run_at else {
             return Ok(());
         };
         let firing = plan_firing(
@@ -236,38 +187,14 @@ impl Writer {
         );
         let template = armed.spec.job.clone();
         let mut runs = Vec::with_capacity(firing.fire.len() + 1);
-        let mut last = armed.last_tick_at;
-        if let Some((from, until)) = firing.skipped {
-            tracing::warn!(message = "Schedule skipped missed ticks.", schedule = %name, from = %from, until = %until);
-            runs.push(ScheduleRun {
-                tick_at: from,
-                fired_at: now,
-                outcome: RunOutcome::Skipped,
-                job_id: None,
-                skipped_until: Some(until),
-            });
-            last = last.max(Some(until));
+        let mut last = armed.clock.last_tick_at;
+        if let Some(run) = crate::rules::skipped_run(name, &firing, now) {
+            last = last.max(run.skipped_until);
+            runs.push(run);
         }
         for tick in firing.fire {
-            let (outcome, job_id) = match self.enqueue(vec![template.job_at(name, tick)], now)? {
-                Ok(mut done) => match done.pop() {
-                    Some(e) if e.replayed => (RunOutcome::Duplicate, Some(e.job.id)),
-                    Some(e) => (RunOutcome::Enqueued, Some(e.job.id)),
-                    None => (RunOutcome::Duplicate, None),
-                },
-                // The key is taken by a different request: the tick fired before, from an
-                // earlier version of the template. Still exactly once.
-                Err(StoreError::IdempotencyConflict { .. }) => (RunOutcome::Duplicate, None),
-                Err(e) => return Err(Fatal(e)),
-            };
-            tracing::info!(message = "Schedule fired.", schedule = %name, tick = %tick, outcome = outcome.as_str(), job_id = ?job_id);
-            runs.push(ScheduleRun {
-                tick_at: tick,
-                fired_at: now,
-                outcome,
-                job_id,
-                skipped_until: None,
-            });
+            let enqueued = self.enqueue(vec![template.job_at(name, tick)], now)?;
+            runs.push(crate::rules::tick_run(name, tick, now, enqueued).map_err(Fatal)?);
             last = last.max(Some(tick));
         }
         self.conn
@@ -301,8 +228,8 @@ impl Writer {
             )?
             .execute(params![name, SCHEDULE_RUNS_KEPT as i64])?;
         if let Some(armed) = self.schedules.get_mut(name) {
-            armed.next_run_at = firing.next_run_at;
-            armed.last_tick_at = last;
+            armed.clock.next_run_at = firing.next_run_at;
+            armed.clock.last_tick_at = last;
         }
         Ok(())
     }

@@ -13,8 +13,8 @@ use std::sync::mpsc::Receiver;
 
 use keel_core::lease::token_hash;
 use keel_core::{
-    Command, EventData, Failure, Job, NewJob, QueueConfig, QueueOverrides, Scope, State, Time,
-    TokenBucket, step,
+    Command, EventData, Job, NewJob, QueueConfig, QueueOverrides, Scope, State, Time, TokenBucket,
+    step,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
@@ -24,7 +24,8 @@ use super::index::{Entry, Index};
 use super::rows::{JOB_COLUMNS, insert_event, insert_job, job_from_row, update_job, uuid_col};
 use super::schedules::{self, ArmedSet, load_armed};
 use crate::StoreError;
-use crate::types::{Enqueued, LeaseRequest, LeasedJob, Outcome, OutcomeKind, ReplayFilter, Tick};
+use crate::rules::{Ids, LiveKeys, Plan, keys_of, plan_enqueue};
+use crate::types::{Enqueued, LeaseRequest, LeasedJob, Outcome, ReplayFilter, Tick};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -124,10 +125,7 @@ pub(crate) struct Writer {
     index: Index,
     queues: HashMap<String, QueueState>,
     pub(super) schedules: ArmedSet,
-    rng: SplitMix64,
-    last_id_ms: i64,
-    /// The `rand_a` counter of the last id within `last_id_ms`.
-    id_seq: u16,
+    ids: Ids,
     next_retention: Time,
     /// When a rate-limited queue with ready jobs gets its next token: waiters are woken then.
     rate_wake: Option<Time>,
@@ -146,7 +144,6 @@ impl Writer {
         signal: watch::Sender<u64>,
         healthy: Arc<AtomicBool>,
     ) -> Result<Writer, StoreError> {
-        let seed = Uuid::new_v4().as_u128() as u64;
         let mut writer = Writer {
             conn,
             defaults,
@@ -154,9 +151,7 @@ impl Writer {
             index: Index::default(),
             queues: HashMap::new(),
             schedules: ArmedSet::new(),
-            rng: SplitMix64(seed),
-            last_id_ms: 0,
-            id_seq: 0,
+            ids: Ids::new(),
             next_retention: Time::EPOCH,
             rate_wake: None,
             wake: false,
@@ -218,14 +213,7 @@ impl Writer {
             .optional()?
             .flatten();
         if let Some(bytes) = last {
-            // Continue after the newest id on disk, so ids stay ordered across restarts.
-            let mut ms = [0u8; 8];
-            ms[2..].copy_from_slice(&bytes[..6]);
-            let last_ms = u64::from_be_bytes(ms) as i64;
-            if last_ms >= self.last_id_ms {
-                self.last_id_ms = last_ms;
-                self.id_seq = u16::from_be_bytes([bytes[6], bytes[7]]) & 0x0FFF;
-            }
+            self.ids.continue_after(Uuid::from_bytes(bytes));
         }
         Ok(())
     }
@@ -349,7 +337,7 @@ impl Writer {
                                 continue;
                             }
                         }
-                        let cmd = w.outcome_command(item.token, item.kind);
+                        let cmd = item.kind.into_command(item.token, w.ids.jitter());
                         out.push(
                             w.apply_in(item.id, &cmd, &scope, now)?
                                 .and_then(|j| j.ok_or(StoreError::NotFound)),
@@ -471,26 +459,6 @@ impl Writer {
         }
     }
 
-    fn outcome_command(&mut self, token: String, kind: OutcomeKind) -> Command {
-        match kind {
-            OutcomeKind::Completed { result } => Command::Complete { token, result },
-            OutcomeKind::Released => Command::Release { token },
-            OutcomeKind::Failed {
-                message,
-                kind,
-                retryable,
-                retry_in_ms,
-            } => Command::Fail(Failure {
-                token,
-                message,
-                kind,
-                retryable,
-                retry_in_ms,
-                jitter: self.rng.next_f64(),
-            }),
-        }
-    }
-
     fn queue_config(&mut self, name: &str, now: Time) -> Result<QueueConfig, Fatal> {
         if let Some(q) = self.queues.get(name) {
             return Ok(q.config.clone());
@@ -504,112 +472,67 @@ impl Writer {
         Ok(config)
     }
 
-    /// A UUIDv7 that sorts after every id this writer made before: the 48-bit millisecond
-    /// never goes back, and within one millisecond the 12-bit `rand_a` field counts up (when it
-    /// runs out, the millisecond moves on by one). The remaining 62 bits are random.
-    fn next_id(&mut self, now: Time) -> Uuid {
-        let ms = now.as_millis();
-        if ms > self.last_id_ms {
-            self.last_id_ms = ms;
-            self.id_seq = 0;
-        } else if self.id_seq >= 0x0FFF {
-            self.last_id_ms += 1;
-            self.id_seq = 0;
-        } else {
-            self.id_seq += 1;
-        }
-        let rand_b = self.rng.next_u64();
-        let mut bytes = [0u8; 16];
-        bytes[..6].copy_from_slice(&(self.last_id_ms as u64).to_be_bytes()[2..]);
-        bytes[6..8].copy_from_slice(&(0x7000 | self.id_seq).to_be_bytes());
-        bytes[8..].copy_from_slice(&rand_b.to_be_bytes());
-        bytes[8] = (bytes[8] & 0x3F) | 0x80; // RFC 9562 variant
-        Uuid::from_bytes(bytes)
-    }
-
     pub(super) fn enqueue(&mut self, jobs: Vec<NewJob>, now: Time) -> Step<Vec<Enqueued>> {
-        // Pass 1 decides every item before anything is written, so a conflict writes nothing.
-        enum Plan {
-            /// With the request's fingerprint when it carries an idempotency key.
-            Create(Option<String>),
-            Replay(Box<Job>),
-            /// Same key and request as an earlier item of this batch.
-            SameAs(usize),
-        }
-        let mut plans = Vec::with_capacity(jobs.len());
-        let mut seen: HashMap<(&str, &str), (usize, String)> = HashMap::new();
-        for (i, new) in jobs.iter().enumerate() {
-            let Some(key) = new.idempotency_key.as_deref() else {
-                plans.push(Plan::Create(None));
-                continue;
-            };
-            let fingerprint = new.fingerprint();
-            let conflict = || StoreError::IdempotencyConflict {
-                index: i,
-                queue: new.queue.clone(),
-                key: key.to_owned(),
-            };
-            if let Some((first, fp)) = seen.get(&(new.queue.as_str(), key)) {
-                if *fp != fingerprint {
-                    return Ok(Err(conflict()));
-                }
-                plans.push(Plan::SameAs(*first));
-                continue;
-            }
-            seen.insert((new.queue.as_str(), key), (i, fingerprint.clone()));
-            let existing: Option<([u8; 16], String)> = self
+        let mut live = LiveKeys::new();
+        for (queue, key) in keys_of(&jobs) {
+            let found: Option<([u8; 16], String)> = self
                 .conn
                 .prepare_cached("SELECT job_id, fingerprint FROM idempotency_keys WHERE queue = ?1 AND key = ?2 AND expires_at > ?3")?
-                .query_row(params![new.queue, key, now.as_millis()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row(params![queue, key, now.as_millis()], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            match existing {
-                Some((_, fp)) if fp != fingerprint => return Ok(Err(conflict())),
-                // The original may be gone (purged, or past a retention shorter than the key's
-                // life); then the key is free again.
-                Some((id, _)) => match self.load(Uuid::from_bytes(id))? {
-                    Some(job) => plans.push(Plan::Replay(Box::new(job))),
-                    None => plans.push(Plan::Create(Some(fingerprint))),
-                },
-                None => plans.push(Plan::Create(Some(fingerprint))),
+            if let Some((id, fp)) = found {
+                live.insert(
+                    (queue.to_owned(), key.to_owned()),
+                    (Uuid::from_bytes(id), fp),
+                );
             }
         }
-
+        let plans = match plan_enqueue(&jobs, &live) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
         let mut out: Vec<Enqueued> = Vec::with_capacity(jobs.len());
         for (new, plan) in jobs.into_iter().zip(plans) {
-            match plan {
-                Plan::Replay(job) => out.push(Enqueued {
-                    job: *job,
-                    replayed: true,
-                }),
+            let fingerprint = match plan {
                 Plan::SameAs(i) => {
                     let job = out[i].job.clone();
                     out.push(Enqueued {
                         job,
                         replayed: true,
                     });
+                    continue;
                 }
-                Plan::Create(fingerprint) => {
-                    let config = self.queue_config(&new.queue, now)?;
-                    let id = self.next_id(now);
-                    let job = new.into_job(id, &config, now);
-                    let event = EventData::Enqueued {
-                        job: Box::new(job.clone()),
-                    };
-                    self.save(None, Some(&job), std::slice::from_ref(&event), now)?;
-                    if let (Some(key), Some(fingerprint)) = (&job.idempotency_key, fingerprint) {
-                        self.conn
+                Plan::Replay { id, fingerprint } => match self.load(id)? {
+                    Some(job) => {
+                        out.push(Enqueued {
+                            job,
+                            replayed: true,
+                        });
+                        continue;
+                    }
+                    None => Some(fingerprint),
+                },
+                Plan::Create(fingerprint) => fingerprint,
+            };
+            let config = self.queue_config(&new.queue, now)?;
+            let id = self.ids.next(now);
+            let job = new.into_job(id, &config, now);
+            let event = EventData::Enqueued {
+                job: Box::new(job.clone()),
+            };
+            self.save(None, Some(&job), std::slice::from_ref(&event), now)?;
+            if let (Some(key), Some(fingerprint)) = (&job.idempotency_key, fingerprint) {
+                self.conn
                             .prepare_cached(
                                 "INSERT OR REPLACE INTO idempotency_keys (queue, key, job_id, fingerprint, expires_at) \
                                  VALUES (?1, ?2, ?3, ?4, ?5)",
                             )?
                             .execute(params![job.queue, key, id.into_bytes(), fingerprint, now.plus_ms(self.idempotency_ttl_ms).as_millis()])?;
-                    }
-                    out.push(Enqueued {
-                        job,
-                        replayed: false,
-                    });
-                }
             }
+            out.push(Enqueued {
+                job,
+                replayed: false,
+            });
         }
         Ok(Ok(out))
     }
@@ -695,7 +618,7 @@ impl Writer {
             self.wake = true;
         }
         for entry in self.index.expired_leases(now, TIMER_BATCH) {
-            let jitter = self.rng.next_f64();
+            let jitter = self.ids.jitter();
             self.run_timer(entry, &Command::ExpireLease { jitter }, now)?;
         }
         if now >= self.next_retention {
@@ -860,23 +783,4 @@ pub(super) fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, Store
             None => result,
         });
     })
-}
-
-/// A small, fast generator for jitter and the random bits of ids; not for secrets (lease tokens
-/// come from the OS).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }

@@ -1,0 +1,499 @@
+//! How a `Job` and an `Event` map to PostgreSQL rows, and [`Writes`]: the changes of one
+//! transaction, written with a fixed number of statements whatever their count (`unnest` of
+//! arrays), then announced with one `NOTIFY` in the same transaction.
+
+use std::collections::HashMap;
+
+use deadpool_postgres::GenericClient;
+use keel_core::{Event, EventData, Job, JobError, Json, Lease, State, Time};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::{PgError, Shared, listen};
+use crate::StoreError;
+use crate::types::{JobFilter, JobPage};
+
+/// The select list every job read uses (JSON columns as text, byte for byte as stored).
+pub(super) const JOB_COLUMNS: &str = "id, queue, kind, payload::text, state, priority, attempt, max_attempts, \
+    timeout_ms, backoff::text, run_at, created_at, updated_at, finished_at, idempotency_key, tags, \
+    last_error::text, result::text, lease_token_hash, lease_expires_at, lease_worker";
+
+fn bad(what: &str, e: impl std::fmt::Display) -> PgError {
+    PgError::Store(StoreError::Internal(format!(
+        "stored {what} is invalid: {e}"
+    )))
+}
+
+fn json_text(text: String, what: &str) -> Result<Json, PgError> {
+    Json::from_text(text).map_err(|e| bad(what, e))
+}
+
+pub(super) fn job_from_row(row: &Row) -> Result<Job, PgError> {
+    let state: String = row.try_get(4)?;
+    let backoff: String = row.try_get(9)?;
+    let last_error: Option<String> = row.try_get(16)?;
+    let result: Option<String> = row.try_get(17)?;
+    let lease_hash: Option<String> = row.try_get(18)?;
+    let lease_expires: Option<i64> = row.try_get(19)?;
+    Ok(Job {
+        id: row.try_get(0)?,
+        queue: row.try_get(1)?,
+        kind: row.try_get(2)?,
+        payload: json_text(row.try_get(3)?, "payload")?,
+        state: State::parse(&state).ok_or_else(|| bad("state", &state))?,
+        priority: row.try_get(5)?,
+        attempt: row.try_get::<_, i32>(6)?.max(0) as u32,
+        max_attempts: row.try_get::<_, i32>(7)?.max(0) as u32,
+        timeout_ms: row.try_get(8)?,
+        backoff: serde_json::from_str(&backoff).map_err(|e| bad("backoff", e))?,
+        run_at: Time::from_millis(row.try_get(10)?),
+        created_at: Time::from_millis(row.try_get(11)?),
+        updated_at: Time::from_millis(row.try_get(12)?),
+        finished_at: row.try_get::<_, Option<i64>>(13)?.map(Time::from_millis),
+        idempotency_key: row.try_get(14)?,
+        tags: row.try_get(15)?,
+        last_error: last_error
+            .map(|t| serde_json::from_str::<JobError>(&t).map_err(|e| bad("last_error", e)))
+            .transpose()?,
+        result: result.map(|t| json_text(t, "result")).transpose()?,
+        lease: match (lease_hash, lease_expires) {
+            (Some(token_hash), Some(expires_at)) => Some(Lease {
+                token_hash,
+                expires_at: Time::from_millis(expires_at),
+                worker: row.try_get(20)?,
+            }),
+            _ => None,
+        },
+    })
+}
+
+pub(super) fn jobs_from_rows(rows: &[Row]) -> Result<Vec<Job>, PgError> {
+    rows.iter().map(job_from_row).collect()
+}
+
+pub(super) fn event_from_row(row: &Row) -> Result<Event, PgError> {
+    let text: String = row.try_get(3)?;
+    Ok(Event {
+        seq: row.try_get(0)?,
+        job_id: row.try_get(1)?,
+        at: Time::from_millis(row.try_get(2)?),
+        data: serde_json::from_str(&text).map_err(|e| bad("event", e))?,
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, PgError> {
+    serde_json::to_string(value).map_err(|e| PgError::Store(StoreError::Internal(e.to_string())))
+}
+
+/// Runs a query through the connection's statement cache (one round trip once prepared).
+pub(super) async fn query(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, PgError> {
+    let stmt = c.prepare_cached(sql).await?;
+    Ok(c.query(&stmt, params).await?)
+}
+
+/// Runs a statement through the connection's statement cache; returns the rows it changed.
+pub(super) async fn execute(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, PgError> {
+    let stmt = c.prepare_cached(sql).await?;
+    Ok(c.execute(&stmt, params).await?)
+}
+
+/// What happens to one job's row by the end of a transaction.
+enum RowOp {
+    Insert(Job),
+    Update(Job),
+    Delete,
+}
+
+/// The changes of one transaction: events in the order they happened, the final row of each
+/// job touched, and what to announce.
+#[derive(Default)]
+pub(super) struct Writes {
+    events: Vec<(Uuid, Time, EventData)>,
+    order: Vec<Uuid>,
+    rows: HashMap<Uuid, RowOp>,
+    /// A job became leasable, or a running job stopped (a concurrency slot freed).
+    pub(super) wake: bool,
+    /// The earliest moment something written here becomes due (run_at, lease expiry).
+    pub(super) due: Option<Time>,
+}
+
+impl Writes {
+    /// Records one job change (`before` → `after`, `None` for created / deleted).
+    pub(super) fn record(
+        &mut self,
+        before: Option<&Job>,
+        after: Option<&Job>,
+        events: Vec<EventData>,
+        now: Time,
+    ) {
+        let Some(id) = before.or(after).map(|j| j.id) else {
+            return;
+        };
+        self.events.extend(events.into_iter().map(|e| (id, now, e)));
+        let op = match (before, after) {
+            (_, None) => Some(RowOp::Delete),
+            (None, Some(a)) => Some(RowOp::Insert(a.clone())),
+            (Some(_), Some(a)) => Some(RowOp::Update(a.clone())),
+        };
+        let previous = self.rows.remove(&id);
+        if previous.is_none() {
+            self.order.push(id);
+        }
+        let op = match (previous, op) {
+            // Created and changed in this transaction: still an insert, of the final row.
+            (Some(RowOp::Insert(_)), Some(RowOp::Update(a))) => Some(RowOp::Insert(a)),
+            // Created and deleted in this transaction: no row at all.
+            (Some(RowOp::Insert(_)), Some(RowOp::Delete)) => None,
+            (_, op) => op,
+        };
+        if let Some(op) = op {
+            self.rows.insert(id, op);
+        }
+        let was = before.map(|j| j.state);
+        let is = after.map(|j| j.state);
+        self.wake |= is == Some(State::Available) && was != Some(State::Available);
+        self.wake |= was == Some(State::Running) && is != Some(State::Running);
+        if let Some(a) = after {
+            let due = match a.state {
+                State::Scheduled => Some(a.run_at),
+                State::Running => a.lease.as_ref().map(|l| l.expires_at),
+                _ => None,
+            };
+            self.due_at(due);
+        }
+    }
+
+    pub(super) fn due_at(&mut self, at: Option<Time>) {
+        if let Some(at) = at {
+            self.due = Some(self.due.map_or(at, |d| d.min(at)));
+        }
+    }
+
+    /// Writes what is recorded so far (later statements of the transaction see it).
+    pub(super) async fn flush(&mut self, tx: &impl GenericClient) -> Result<(), PgError> {
+        let mut inserts = Vec::new();
+        let mut updates = Vec::new();
+        let mut deletes = Vec::new();
+        for id in self.order.drain(..) {
+            match self.rows.remove(&id) {
+                Some(RowOp::Insert(j)) => inserts.push(j),
+                Some(RowOp::Update(j)) => updates.push(j),
+                Some(RowOp::Delete) => deletes.push(id),
+                None => {}
+            }
+        }
+        if !deletes.is_empty() {
+            execute(tx, "DELETE FROM jobs WHERE id = ANY($1)", &[&deletes]).await?;
+        }
+        if !inserts.is_empty() {
+            insert_jobs(tx, &inserts).await?;
+        }
+        if !updates.is_empty() {
+            update_jobs(tx, &updates).await?;
+        }
+        if !self.events.is_empty() {
+            let mut ids = Vec::with_capacity(self.events.len());
+            let mut ats = Vec::with_capacity(self.events.len());
+            let mut types = Vec::with_capacity(self.events.len());
+            let mut data = Vec::with_capacity(self.events.len());
+            for (id, at, ev) in self.events.drain(..) {
+                ids.push(id);
+                ats.push(at.as_millis());
+                types.push(ev.type_name().to_owned());
+                data.push(to_json(&ev)?);
+            }
+            execute(
+                tx,
+                "INSERT INTO events (job_id, at, type, data) \
+                 SELECT u.j, u.a, u.t, u.d::json FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[]) AS u(j, a, t, d)",
+                &[&ids, &ats, &types, &data],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the rest, sends the notification (PostgreSQL delivers it at commit), commits,
+    /// and then wakes this node's waiters and lowers its due time at once (its own
+    /// notification arrives later and changes nothing more).
+    pub(super) async fn commit(
+        mut self,
+        tx: deadpool_postgres::Transaction<'_>,
+        shared: &Shared,
+    ) -> Result<(), PgError> {
+        self.flush(&tx).await?;
+        if let Some(payload) = listen::payload(self.wake, self.due) {
+            query(
+                &tx,
+                "SELECT pg_notify($1, $2)",
+                &[&shared.channel, &payload],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        if self.wake {
+            shared.wake();
+        }
+        if let Some(due) = self.due {
+            shared.hint_due(due);
+        }
+        Ok(())
+    }
+}
+
+async fn insert_jobs(tx: &impl GenericClient, jobs: &[Job]) -> Result<(), PgError> {
+    let n = jobs.len();
+    let mut id = Vec::with_capacity(n);
+    let mut queue = Vec::with_capacity(n);
+    let mut kind = Vec::with_capacity(n);
+    let mut payload = Vec::with_capacity(n);
+    let mut state = Vec::with_capacity(n);
+    let mut priority = Vec::with_capacity(n);
+    let mut attempt = Vec::with_capacity(n);
+    let mut max_attempts = Vec::with_capacity(n);
+    let mut timeout = Vec::with_capacity(n);
+    let mut backoff = Vec::with_capacity(n);
+    let mut run_at = Vec::with_capacity(n);
+    let mut created = Vec::with_capacity(n);
+    let mut updated = Vec::with_capacity(n);
+    let mut finished = Vec::with_capacity(n);
+    let mut key = Vec::with_capacity(n);
+    let mut tags = Vec::with_capacity(n);
+    let mut last_error = Vec::with_capacity(n);
+    let mut result = Vec::with_capacity(n);
+    let mut lease_hash = Vec::with_capacity(n);
+    let mut lease_expires = Vec::with_capacity(n);
+    let mut lease_worker = Vec::with_capacity(n);
+    for j in jobs {
+        id.push(j.id);
+        queue.push(j.queue.as_str());
+        kind.push(j.kind.as_str());
+        payload.push(j.payload.get());
+        state.push(j.state.as_str());
+        priority.push(j.priority);
+        attempt.push(j.attempt as i32);
+        max_attempts.push(j.max_attempts as i32);
+        timeout.push(j.timeout_ms);
+        backoff.push(to_json(&j.backoff)?);
+        run_at.push(j.run_at.as_millis());
+        created.push(j.created_at.as_millis());
+        updated.push(j.updated_at.as_millis());
+        finished.push(j.finished_at.map(Time::as_millis));
+        key.push(j.idempotency_key.as_deref());
+        tags.push(to_json(&j.tags)?);
+        last_error.push(j.last_error.as_ref().map(to_json).transpose()?);
+        result.push(j.result.as_ref().map(Json::get));
+        let lease = j.lease.as_ref();
+        lease_hash.push(lease.map(|l| l.token_hash.as_str()));
+        lease_expires.push(lease.map(|l| l.expires_at.as_millis()));
+        lease_worker.push(lease.and_then(|l| l.worker.as_deref()));
+    }
+    execute(
+        tx,
+            "INSERT INTO jobs (id, queue, kind, payload, state, priority, attempt, max_attempts, timeout_ms, \
+             backoff, run_at, created_at, updated_at, finished_at, idempotency_key, tags, last_error, result, \
+             lease_token_hash, lease_expires_at, lease_worker) \
+             SELECT u.id, u.queue, u.kind, u.payload::json, u.state, u.priority, u.attempt, u.max_attempts, \
+             u.timeout_ms, u.backoff::json, u.run_at, u.created_at, u.updated_at, u.finished_at, u.key, \
+             ARRAY(SELECT json_array_elements_text(u.tags::json)), u.last_error::json, u.result::json, \
+             u.lease_hash, u.lease_expires, u.lease_worker \
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[], \
+             $8::int[], $9::bigint[], $10::text[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], \
+             $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::bigint[], $21::text[]) \
+             AS u(id, queue, kind, payload, state, priority, attempt, max_attempts, timeout_ms, backoff, run_at, \
+             created_at, updated_at, finished_at, key, tags, last_error, result, lease_hash, lease_expires, lease_worker)",
+        &[
+            &id, &queue, &kind, &payload, &state, &priority, &attempt, &max_attempts, &timeout,
+            &backoff, &run_at, &created, &updated, &finished, &key, &tags, &last_error, &result,
+            &lease_hash, &lease_expires, &lease_worker,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes the columns that can change after enqueue.
+async fn update_jobs(tx: &impl GenericClient, jobs: &[Job]) -> Result<(), PgError> {
+    let n = jobs.len();
+    let mut id = Vec::with_capacity(n);
+    let mut state = Vec::with_capacity(n);
+    let mut attempt = Vec::with_capacity(n);
+    let mut run_at = Vec::with_capacity(n);
+    let mut updated = Vec::with_capacity(n);
+    let mut finished = Vec::with_capacity(n);
+    let mut last_error = Vec::with_capacity(n);
+    let mut result = Vec::with_capacity(n);
+    let mut lease_hash = Vec::with_capacity(n);
+    let mut lease_expires = Vec::with_capacity(n);
+    let mut lease_worker = Vec::with_capacity(n);
+    for j in jobs {
+        id.push(j.id);
+        state.push(j.state.as_str());
+        attempt.push(j.attempt as i32);
+        run_at.push(j.run_at.as_millis());
+        updated.push(j.updated_at.as_millis());
+        finished.push(j.finished_at.map(Time::as_millis));
+        last_error.push(j.last_error.as_ref().map(to_json).transpose()?);
+        result.push(j.result.as_ref().map(Json::get));
+        let lease = j.lease.as_ref();
+        lease_hash.push(lease.map(|l| l.token_hash.as_str()));
+        lease_expires.push(lease.map(|l| l.expires_at.as_millis()));
+        lease_worker.push(lease.and_then(|l| l.worker.as_deref()));
+    }
+    execute(
+        tx,
+            "UPDATE jobs SET state = u.state, attempt = u.attempt, run_at = u.run_at, updated_at = u.updated_at, \
+             finished_at = u.finished_at, last_error = u.last_error::json, result = u.result::json, \
+             lease_token_hash = u.lease_hash, lease_expires_at = u.lease_expires, lease_worker = u.lease_worker \
+             FROM unnest($1::uuid[], $2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], \
+             $8::text[], $9::text[], $10::bigint[], $11::text[]) \
+             AS u(id, state, attempt, run_at, updated_at, finished_at, last_error, result, lease_hash, lease_expires, lease_worker) \
+             WHERE jobs.id = u.id",
+        &[
+            &id, &state, &attempt, &run_at, &updated, &finished, &last_error, &result, &lease_hash,
+            &lease_expires, &lease_worker,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn get_job(c: &impl GenericClient, id: Uuid) -> Result<Option<Job>, PgError> {
+    let rows = query(
+        c,
+        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"),
+        &[&id],
+    )
+    .await?;
+    rows.first().map(job_from_row).transpose()
+}
+
+/// Jobs by id, locked for update (in id order, so two callers never lock in opposite orders).
+pub(super) async fn lock_jobs(
+    c: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Job>, PgError> {
+    let rows = query(
+        c,
+        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
+        &[&ids],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| job_from_row(r).map(|j| (j.id, j)))
+        .collect()
+}
+
+/// A scope pattern (queue-name characters and `*`) as a `LIKE` pattern.
+fn glob_to_like(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 4);
+    for c in pattern.chars() {
+        match c {
+            '*' => out.push('%'),
+            '%' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+pub(super) async fn list_jobs(
+    c: &impl GenericClient,
+    filter: &JobFilter,
+) -> Result<JobPage, PgError> {
+    let limit = filter.limit.max(1);
+    let scope: Option<Vec<String>> = filter
+        .scope
+        .patterns()
+        .map(|p| p.iter().map(|g| glob_to_like(g)).collect());
+    let rows = query(
+            c,
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR state = $2) \
+                 AND ($3::text IS NULL OR kind = $3) AND ($4::uuid IS NULL OR id < $4) AND ($5::text IS NULL OR $5 = ANY(tags)) \
+                 AND ($7::text[] IS NULL OR queue LIKE ANY($7)) ORDER BY id DESC LIMIT $6"
+            ),
+            &[
+                &filter.queue,
+                &filter.state.map(State::as_str),
+                &filter.kind,
+                &filter.before,
+                &filter.tag,
+                &((limit + 1) as i64),
+                &scope,
+            ],
+        )
+        .await?;
+    let mut jobs = jobs_from_rows(&rows)?;
+    let next = if jobs.len() > limit {
+        jobs.truncate(limit);
+        jobs.last().map(|j| j.id)
+    } else {
+        None
+    };
+    Ok(JobPage { jobs, next })
+}
+
+pub(super) async fn events_of(c: &impl GenericClient, id: Uuid) -> Result<Vec<Event>, PgError> {
+    let rows = query(
+        c,
+        "SELECT seq, job_id, at, data::text FROM events WHERE job_id = $1 ORDER BY seq",
+        &[&id],
+    )
+    .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+pub(super) async fn export_jobs(
+    c: &impl GenericClient,
+    after: Option<Uuid>,
+    limit: usize,
+) -> Result<Vec<Job>, PgError> {
+    let rows = query(
+        c,
+        &format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2"
+        ),
+        &[&after, &(limit as i64)],
+    )
+    .await?;
+    jobs_from_rows(&rows)
+}
+
+pub(super) async fn export_events(
+    c: &impl GenericClient,
+    after_seq: i64,
+    limit: usize,
+) -> Result<Vec<Event>, PgError> {
+    let rows = query(
+        c,
+        "SELECT seq, job_id, at, data::text FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        &[&after_seq, &(limit as i64)],
+    )
+    .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_to_like;
+
+    #[test]
+    fn globs_become_like_patterns_with_like_specials_escaped() {
+        assert_eq!(glob_to_like("billing.*"), "billing.%");
+        assert_eq!(glob_to_like("a_b*"), "a\\_b%");
+        assert_eq!(glob_to_like("*"), "%");
+    }
+}
