@@ -55,8 +55,13 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server on embedded SQLite storage.
+    /// Run the server (embedded SQLite in --data-dir, or PostgreSQL with --database).
     Serve(serve::ServeArgs),
+    /// Create or upgrade the storage schema without serving (also done by `keel serve`).
+    #[command(
+        after_help = "Examples:\n  keel migrate --data-dir /var/lib/keel\n  KEEL_DATABASE_URL=postgres://keel@db/keel keel migrate"
+    )]
+    Migrate(serve::StorageArgs),
     /// Enqueue a job, or many from JSON lines on stdin.
     #[command(
         after_help = "Examples:\n  keel enqueue emails email.welcome '{\"to\": \"ada@example.com\"}'\n  keel enqueue emails email.welcome '{\"to\": \"ada@example.com\"}' --idempotency-key signup-42 --delay-ms 60000\n  cat jobs.jsonl | keel enqueue --stdin            # one enqueue body per line\n  echo '{\"payload\": {\"to\": \"ada@example.com\"}}' | keel enqueue --stdin emails email.welcome   # lines without queue/kind get these"
@@ -430,6 +435,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Migrate(storage) => {
+            init_logs(cli.log_format);
+            match runtime.block_on(serve::migrate(&storage, &cli.data_dir)) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("keel: {e:#}");
+                    exit::UNAVAILABLE
+                }
+            }
+        }
         Command::Bench(args) => {
             let local_token = cli.data_dir.join(keel_client::ADMIN_TOKEN_FILE);
             let token = cli.token.clone().or_else(|| {
@@ -491,7 +506,10 @@ fn main() -> ExitCode {
 
 async fn run(ctx: &Ctx, command: Command) -> commands::Outcome {
     match command {
-        Command::Serve(_) | Command::Bench(_) | Command::Completions { .. } => Ok(exit::OK),
+        Command::Serve(_)
+        | Command::Migrate(_)
+        | Command::Bench(_)
+        | Command::Completions { .. } => Ok(exit::OK),
         Command::Enqueue(args) => commands::enqueue(ctx, args).await,
         Command::Jobs(JobsCmd::Ls(a)) => {
             let filter = JobFilter {

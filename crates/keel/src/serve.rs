@@ -6,14 +6,72 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use keel_server::{Clock, ServerConfig, SystemClock};
-use keel_store::{SqliteConfig, SqliteStore};
+use keel_store::{PgConfig, PgStore, SqliteConfig, SqliteStore, Store};
 use tokio::net::TcpListener;
+
+/// Where the server keeps its data: SQLite in --data-dir, or PostgreSQL with --database.
+#[derive(clap::Args, Clone)]
+pub struct StorageArgs {
+    /// PostgreSQL URL (postgres://user:password@host:port/db): several keel nodes can share
+    /// it. Without it, keel uses embedded SQLite in --data-dir.
+    #[arg(long, env = "KEEL_DATABASE_URL", hide_env_values = true)]
+    pub database: Option<String>,
+    /// The PostgreSQL schema keel's tables live in (created if missing).
+    #[arg(long, env = "KEEL_DATABASE_SCHEMA", default_value = "public")]
+    pub database_schema: String,
+    /// PostgreSQL connections per keel process.
+    #[arg(long, env = "KEEL_DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub database_pool_size: usize,
+}
+
+impl StorageArgs {
+    pub fn pg_config(&self) -> Option<PgConfig> {
+        let url = self.database.as_ref()?;
+        let mut config = PgConfig::new(url.clone());
+        config.schema = self.database_schema.clone();
+        config.pool_size = self.database_pool_size.max(1);
+        Some(config)
+    }
+
+    /// Opens the store (applying migrations). The URL is never printed: it may hold a password.
+    pub async fn open(
+        &self,
+        data_dir: &Path,
+        now: keel_core::Time,
+    ) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(match self.pg_config() {
+            Some(config) => Arc::new(PgStore::open(config, now).await.with_context(|| {
+                format!(
+                    "opening PostgreSQL (--database / KEEL_DATABASE_URL, schema {})",
+                    self.database_schema
+                )
+            })?),
+            None => Arc::new(
+                SqliteStore::open(SqliteConfig::new(data_dir), now).with_context(|| {
+                    format!(
+                        "opening the store in --data-dir {} (KEEL_DATA_DIR)",
+                        data_dir.display()
+                    )
+                })?,
+            ),
+        })
+    }
+
+    fn describe(&self, data_dir: &Path) -> String {
+        match &self.database {
+            Some(_) => format!("postgresql (schema {})", self.database_schema),
+            None => format!("sqlite ({})", data_dir.display()),
+        }
+    }
+}
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel serve\n  keel serve --listen 0.0.0.0:8470 --data-dir /var/lib/keel\n  KEEL_DATA_DIR=/tmp/keel keel serve --no-auth\n\nOn first start keel creates an admin token, prints it once and writes it to <data-dir>/admin.token (mode 0600); client commands on this machine read it from there."
+    after_help = "Examples:\n  keel serve\n  keel serve --listen 0.0.0.0:8470 --data-dir /var/lib/keel\n  KEEL_DATA_DIR=/tmp/keel keel serve --no-auth\n  KEEL_DATABASE_URL=postgres://keel@db/keel keel serve --listen 0.0.0.0:8470\n\nOn first start keel creates an admin token, prints it once and writes it to <data-dir>/admin.token (mode 0600); client commands on this machine read it from there."
 )]
 pub struct ServeArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
     /// Address to listen on.
     #[arg(long, env = "KEEL_LISTEN", default_value = "127.0.0.1:8470")]
     listen: SocketAddr,
@@ -84,20 +142,15 @@ pub async fn serve(args: ServeArgs, data_dir: &Path) -> anyhow::Result<()> {
         _ => None,
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = SqliteStore::open(SqliteConfig::new(data_dir), clock.now()).with_context(|| {
-        format!(
-            "opening the store in --data-dir {} (KEEL_DATA_DIR)",
-            data_dir.display()
-        )
-    })?;
+    let store = args.storage.open(data_dir, clock.now()).await?;
     if !args.no_auth {
-        bootstrap_admin_token(&store, data_dir, clock.now()).await?;
+        bootstrap_admin_token(&*store, data_dir, clock.now()).await?;
     }
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding --listen {} (KEEL_LISTEN)", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    tracing::info!(message = "keel is serving.", %addr, data_dir = %data_dir.display(), auth = !args.no_auth, tls = tls.is_some());
+    tracing::info!(message = "keel is serving.", %addr, storage = %args.storage.describe(data_dir), auth = !args.no_auth, tls = tls.is_some());
     let config = ServerConfig {
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
         auth: !args.no_auth,
@@ -124,7 +177,7 @@ pub async fn serve(args: ServeArgs, data_dir: &Path) -> anyhow::Result<()> {
     };
     keel_server::serve(
         listener,
-        Arc::new(store),
+        store,
         clock,
         config,
         keel_client::worker::shutdown_signal(),
@@ -138,7 +191,7 @@ pub async fn serve(args: ServeArgs, data_dir: &Path) -> anyhow::Result<()> {
 /// `<data-dir>/admin.token` (mode 0600, replaced atomically) and prints it once on stderr. The
 /// secret never reaches the logs.
 async fn bootstrap_admin_token(
-    store: &SqliteStore,
+    store: &dyn Store,
     data_dir: &Path,
     now: keel_core::Time,
 ) -> anyhow::Result<()> {
@@ -149,7 +202,8 @@ async fn bootstrap_admin_token(
         return Ok(());
     };
     let path = data_dir.join(keel_client::ADMIN_TOKEN_FILE);
-    write_secret(&path, &secret)
+    std::fs::create_dir_all(data_dir)
+        .and_then(|()| write_secret(&path, &secret))
         .with_context(|| format!("writing the admin token to {}", path.display()))?;
     tracing::info!(message = "Created the first admin token.", path = %path.display());
     eprintln!(
@@ -173,4 +227,23 @@ fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
     f.write_all(b"\n")?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// `keel migrate`: creates or upgrades the schema without serving.
+pub async fn migrate(storage: &StorageArgs, data_dir: &Path) -> anyhow::Result<()> {
+    let now = SystemClock.now();
+    match storage.pg_config() {
+        Some(config) => PgStore::migrate(&config, now)
+            .await
+            .context("migrating PostgreSQL (--database / KEEL_DATABASE_URL)")?,
+        None => {
+            let store = storage.open(data_dir, now).await?;
+            store.close().await.context("closing the store")?;
+        }
+    }
+    eprintln!(
+        "keel: the {} schema is up to date.",
+        storage.describe(data_dir)
+    );
+    Ok(())
 }
