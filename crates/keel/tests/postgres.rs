@@ -239,3 +239,236 @@ async fn events_by_type(pg: &PgHarness) -> HashMap<String, i64> {
         .unwrap();
     rows.iter().map(|r| (r.get(0), r.get(1))).collect()
 }
+
+/// A PostgreSQL server of the test's own (from the installed binaries, on a free port), so the
+/// test can stop and start it without touching the shared one. As root it runs as `postgres`.
+struct PrivatePg {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivatePg {
+    fn start() -> PrivatePg {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path().join("bin"))
+                    .find(|p| p.join("initdb").exists())
+            })
+            .expect("this test needs the PostgreSQL server binaries (/usr/lib/postgresql/*/bin)");
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = PrivatePg { dir, bin, port };
+        let data = pg.data();
+        if is_root() {
+            std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(pg.dir.path())
+                .status()
+                .unwrap();
+        }
+        let ok = pg
+            .run(
+                "initdb",
+                &["-D", &data, "-U", "postgres", "-A", "trust", "--no-sync"],
+            )
+            .success();
+        assert!(ok, "initdb failed");
+        pg.pg_ctl(&["start", "-w", "-l", &format!("{data}/log")]);
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> std::process::ExitStatus {
+        let exe = self.bin.join(tool);
+        let mut cmd = if is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            std::process::Command::new(exe)
+        };
+        cmd.args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let data = self.data();
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
+            self.port,
+            self.dir.path().display()
+        );
+        let mut all = vec!["-D", &data, "-o", &options];
+        all.extend_from_slice(args);
+        assert!(self.run("pg_ctl", &all).success(), "pg_ctl {args:?} failed");
+    }
+
+    /// Stops it the hard way: no checkpoint, as a crash or a failover would.
+    fn crash(&self) {
+        self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = self.run("pg_ctl", &["-D", &data, "stop", "-m", "immediate"]);
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_gives_fast_503s_and_loses_nothing_acknowledged() {
+    // Runs where the PostgreSQL tests run (the shared server is not touched: this test has its own).
+    if std::env::var(keel_store::testing::TEST_DATABASE_ENV).is_err() {
+        eprintln!(
+            "skipped: {} is not set, so this PostgreSQL test did not run",
+            keel_store::testing::TEST_DATABASE_ENV
+        );
+        return;
+    }
+    let pg = PrivatePg::start();
+    let dir = tempfile::tempdir().unwrap();
+    let keel = Keel::start_with(dir.path(), "127.0.0.1:0", &["--database", &pg.url()]);
+    let base = keel.base.clone();
+    let http = keel.http(Duration::from_secs(30));
+
+    // Producers enqueue with idempotency keys and record every answer.
+    let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let unavailable: Arc<Mutex<Vec<(Duration, bool)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut producers = vec![];
+    for p in 0..4 {
+        let (http, base, acked, unavailable, stop) = (
+            http.clone(),
+            base.clone(),
+            acked.clone(),
+            unavailable.clone(),
+            stop.clone(),
+        );
+        producers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let key = format!("p{p}-{n}");
+                let body = json!({"queue": "outage", "kind": "k", "payload": {"n": n}, "idempotency_key": key});
+                let started = Instant::now();
+                let res = http.post(format!("{base}/v1/jobs")).json(&body).send().await.unwrap();
+                let status = res.status().as_u16();
+                let retry_after = res.headers().contains_key("retry-after");
+                let body: Value = res.json().await.unwrap_or(Value::Null);
+                match status {
+                    200 | 201 => {
+                        acked.lock().unwrap().insert(key, body["id"].as_str().unwrap().to_owned());
+                    }
+                    503 => {
+                        assert_eq!(body["type"].as_str().map(|t| t.ends_with("storage-unavailable")), Some(true), "{body}");
+                        unavailable.lock().unwrap().push((started.elapsed(), retry_after));
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => panic!("enqueue answered {other}: {body}"),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before_outage = acked.lock().unwrap().len();
+    assert!(
+        before_outage > 0,
+        "load reached the server before the outage"
+    );
+
+    pg.crash();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ready = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(ready, 503, "/readyz while PostgreSQL is down");
+    {
+        let seen = unavailable.lock().unwrap();
+        assert!(!seen.is_empty(), "no 503 during the outage");
+        let slowest = seen.iter().map(|(d, _)| *d).max().unwrap();
+        assert!(slowest < Duration::from_secs(3), "a 503 took {slowest:?}");
+        assert!(
+            seen.iter().all(|(_, retry_after)| *retry_after),
+            "every 503 carries Retry-After"
+        );
+    }
+
+    pg.pg_ctl(&["start", "-w", "-l", &format!("{}/log", pg.data())]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if ready == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keel did not recover after PostgreSQL came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let at_recovery = acked.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for p in producers {
+        p.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > at_recovery,
+        "enqueues succeed again after recovery"
+    );
+
+    // Every acknowledged job is there (on a fresh client, to be sure nothing is cached).
+    let fresh = keel.http(Duration::from_secs(10));
+    for (key, id) in &acked {
+        let res = fresh
+            .get(format!("{base}/v1/jobs/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            200,
+            "acknowledged job {id} ({key}) is missing after the outage"
+        );
+    }
+    eprintln!(
+        "outage: {} enqueues acknowledged ({before_outage} before the crash), {} answered 503",
+        acked.len(),
+        unavailable.lock().unwrap().len()
+    );
+}
