@@ -116,8 +116,9 @@ pub struct JobError {
     pub at: Time,
 }
 
-/// The current lease of a running job. Only the token's hash is kept (`lease.rs`).
-#[derive(Clone, PartialEq, Debug)]
+/// The current lease of a running job. Only the token's hash is kept (`lease.rs`). Serialized
+/// only where a whole store is copied (`keel export`); the API never shows it.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct Lease {
     pub token_hash: String,
     pub expires_at: Time,

@@ -222,6 +222,12 @@ pub trait Store: Send + Sync + 'static {
     /// Events in `seq` order after `after_seq`, for export and verification.
     async fn export_events(&self, after_seq: i64, limit: usize) -> Result<Vec<Event>, StoreError>;
 
+    /// Adds jobs (with their leases) and events exactly as another store exported them, to move
+    /// between backends. Events are appended in the order given with new `seq` numbers. If any
+    /// job's id already exists the call fails with `Conflict` and writes nothing.
+    async fn import(&self, jobs: Vec<Job>, events: Vec<Event>, now: Time)
+    -> Result<(), StoreError>;
+
     /// Finishes in-flight writes and stops; later calls fail with `Unavailable`.
     async fn close(&self) -> Result<(), StoreError>;
 

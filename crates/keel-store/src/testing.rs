@@ -154,7 +154,8 @@ macro_rules! conformance_tests {
             schedule_never_fires_a_tick_twice_across_restarts_clock_jumps_and_rivals,
             schedule_catch_up_after_downtime_follows_its_mode,
             schedule_pause_update_delete_are_audited_and_keep_the_clock,
-            rate_limit_paces_hand_outs_and_wakes_waiters_when_a_token_is_due
+            rate_limit_paces_hand_outs_and_wakes_waiters_when_a_token_is_due,
+            import_takes_jobs_and_events_as_they_were
         );
     };
     (@cases required $make:expr; $($case:ident),* $(,)?) => {
@@ -1766,6 +1767,97 @@ pub mod cases {
                 .unwrap()
                 .len(),
             5
+        );
+    }
+
+    pub async fn import_takes_jobs_and_events_as_they_were(h: &dyn Harness) {
+        let store = h.open().await;
+        let config = keel_core::QueueConfig::default();
+        let earlier = T0.plus_ms(-60_000);
+        // As another store would export them: an available job, and a running one with its lease.
+        let waiting = job("moved").into_job(uuid::Uuid::now_v7(), &config, earlier);
+        let running = job("moved").into_job(uuid::Uuid::now_v7(), &config, earlier);
+        let enqueued = |j: &keel_core::Job| keel_core::Event {
+            seq: 0,
+            job_id: j.id,
+            at: earlier,
+            data: keel_core::EventData::Enqueued {
+                job: Box::new(j.clone()),
+            },
+        };
+        let lease = keel_core::Command::Lease {
+            token_hash: keel_core::lease::token_hash("the-token"),
+            lease_ms: 120_000,
+            worker: Some("w".into()),
+        };
+        let (leased, lease_events) = keel_core::step(&running, &lease, earlier).unwrap();
+        let leased = leased.unwrap();
+        let mut events = vec![enqueued(&waiting), enqueued(&running)];
+        events.extend(lease_events.into_iter().map(|data| keel_core::Event {
+            seq: 0,
+            job_id: running.id,
+            at: earlier,
+            data,
+        }));
+        store
+            .import(vec![waiting.clone(), leased.clone()], events, T0)
+            .await
+            .unwrap();
+
+        assert_eq!(store.get_job(waiting.id).await.unwrap().unwrap(), waiting);
+        assert_eq!(store.get_job(leased.id).await.unwrap().unwrap(), leased);
+        let history = store.job_events(leased.id).await.unwrap().unwrap();
+        assert_eq!(
+            history
+                .iter()
+                .map(|e| (e.data.type_name(), e.at))
+                .collect::<Vec<_>>(),
+            [("enqueued", earlier), ("leased", earlier)]
+        );
+        assert!(store.verify().await.unwrap().mismatched.is_empty());
+        // The imported lease is live: its token completes the job and its expiry is a timer.
+        assert_eq!(
+            store
+                .queue("moved", T0)
+                .await
+                .unwrap()
+                .unwrap()
+                .counts
+                .running,
+            1
+        );
+        let tick = store.tick(T0).await.unwrap();
+        assert!(tick.next_due.unwrap() <= earlier.plus_ms(120_000));
+        // The waiting job is leasable; the running one is not handed out twice.
+        let got = store.lease(lease_req(&["moved"], 10), T0).await.unwrap();
+        assert_eq!(
+            got.iter().map(|l| l.job.id).collect::<Vec<_>>(),
+            [waiting.id]
+        );
+        one(&*store, complete(leased.id, "the-token"), T0)
+            .await
+            .unwrap();
+        // Ids made after an import sort after the imported ones.
+        let next = store.enqueue(vec![job("moved")], earlier).await.unwrap();
+        assert!(next[0].job.id > leased.id);
+        // Importing a job that exists writes nothing.
+        let again = store
+            .import(
+                vec![
+                    waiting.clone(),
+                    job("x").into_job(uuid::Uuid::now_v7(), &config, T0),
+                ],
+                vec![],
+                T0,
+            )
+            .await;
+        assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+        assert!(
+            store
+                .queue("x", T0)
+                .await
+                .unwrap()
+                .is_none_or(|q| q.counts == crate::Counts::default())
         );
     }
 }

@@ -131,15 +131,7 @@ async fn enqueue_lines(ctx: &Ctx, a: EnqueueArgs) -> Outcome {
         }
         jobs.push((n + 1, req));
     }
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(jobs.len() as u64),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} jobs {per_sec} {eta}")
-    {
-        bar.set_style(style);
-    }
+    let bar = crate::render::progress_bar(Some(jobs.len() as u64), "jobs");
     let mut created = Vec::new();
     for chunk in jobs.chunks(1_000) {
         let reqs: Vec<EnqueueRequest> = chunk.iter().map(|(_, r)| r.clone()).collect();

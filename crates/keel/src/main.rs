@@ -4,6 +4,7 @@ mod bench;
 mod commands;
 mod render;
 mod serve;
+mod transfer;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -62,6 +63,10 @@ enum Command {
         after_help = "Examples:\n  keel migrate --data-dir /var/lib/keel\n  KEEL_DATABASE_URL=postgres://keel@db/keel keel migrate"
     )]
     Migrate(serve::StorageArgs),
+    /// Write a whole store (jobs, events, queues, tokens, schemas, schedules) as JSON lines.
+    Export(transfer::ExportArgs),
+    /// Load what `keel export` wrote into an empty store (SQLite or PostgreSQL).
+    Import(transfer::ImportArgs),
     /// Enqueue a job, or many from JSON lines on stdin.
     #[command(
         after_help = "Examples:\n  keel enqueue emails email.welcome '{\"to\": \"ada@example.com\"}'\n  keel enqueue emails email.welcome '{\"to\": \"ada@example.com\"}' --idempotency-key signup-42 --delay-ms 60000\n  cat jobs.jsonl | keel enqueue --stdin            # one enqueue body per line\n  echo '{\"payload\": {\"to\": \"ada@example.com\"}}' | keel enqueue --stdin emails email.welcome   # lines without queue/kind get these"
@@ -437,14 +442,10 @@ fn main() -> ExitCode {
         }
         Command::Migrate(storage) => {
             init_logs(cli.log_format);
-            match runtime.block_on(serve::migrate(&storage, &cli.data_dir)) {
-                Ok(()) => exit::OK,
-                Err(e) => {
-                    eprintln!("keel: {e:#}");
-                    exit::UNAVAILABLE
-                }
-            }
+            finish(runtime.block_on(serve::migrate(&storage, &cli.data_dir)))
         }
+        Command::Export(args) => finish(runtime.block_on(transfer::export(args, &cli.data_dir))),
+        Command::Import(args) => finish(runtime.block_on(transfer::import(args, &cli.data_dir))),
         Command::Bench(args) => {
             let local_token = cli.data_dir.join(keel_client::ADMIN_TOKEN_FILE);
             let token = cli.token.clone().or_else(|| {
@@ -508,6 +509,8 @@ async fn run(ctx: &Ctx, command: Command) -> commands::Outcome {
     match command {
         Command::Serve(_)
         | Command::Migrate(_)
+        | Command::Export(_)
+        | Command::Import(_)
         | Command::Bench(_)
         | Command::Completions { .. } => Ok(exit::OK),
         Command::Enqueue(args) => commands::enqueue(ctx, args).await,
@@ -605,6 +608,17 @@ async fn run(ctx: &Ctx, command: Command) -> commands::Outcome {
         Command::Schemas(SchemasCmd::Show { kind }) => commands::schemas_show(ctx, &kind).await,
         Command::Schemas(SchemasCmd::Ls) => commands::schemas_ls(ctx).await,
         Command::Schemas(SchemasCmd::Rm { kind }) => commands::schemas_rm(ctx, &kind).await,
+    }
+}
+
+/// The exit code of a command that works on the store directly (migrate, export, import).
+fn finish(result: anyhow::Result<()>) -> u8 {
+    match result {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("keel: {e:#}");
+            exit::UNAVAILABLE
+        }
     }
 }
 

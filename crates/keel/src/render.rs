@@ -211,6 +211,20 @@ pub fn report(e: &Error) -> u8 {
     }
 }
 
+/// A progress bar on stderr counting `unit`s (a counter with a rate when the total is unknown).
+pub fn progress_bar(total: Option<u64>, unit: &str) -> indicatif::ProgressBar {
+    let bar =
+        indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());
+    let template = match total {
+        Some(_) => format!("{{bar:40}} {{pos}}/{{len}} {unit} {{per_sec}} {{eta}}"),
+        None => format!("{{spinner}} {{pos}} {unit} {{per_sec}}"),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -472,3 +472,230 @@ async fn a_database_outage_gives_fast_503s_and_loses_nothing_acknowledged() {
         unavailable.lock().unwrap().len()
     );
 }
+
+fn keel_cmd(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "keel {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Every line but the header (which carries the export time).
+fn body_lines(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["header"]["keel_export"], 1);
+    lines.map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_import_move_a_store_from_sqlite_to_postgresql_and_back() {
+    let Some(pg) = PgHarness::new().await else {
+        return;
+    };
+    let dirs = tempfile::tempdir().unwrap();
+    let sqlite_dir = dirs.path().join("sqlite");
+
+    // A store with something of everything: configured and paused queues, a schema, a
+    // schedule, a scoped token, finished, dead, waiting and running jobs.
+    let keel = Keel::start(&sqlite_dir);
+    let (base, http) = (keel.base.clone(), keel.http(Duration::from_secs(10)));
+    let ok = |r: (u16, Value)| assert!(r.0 < 300, "{r:?}");
+    ok(post(&http, format!("{base}/v1/jobs/batch"), json!({"jobs": (0..30).map(|n| json!({"queue": "moving", "kind": "k", "payload": {"n": n}, "tags": ["t"]})).collect::<Vec<_>>()})).await.unwrap());
+    ok(post(
+        &http,
+        format!("{base}/v1/jobs"),
+        json!({"queue": "later", "kind": "k", "payload": {}, "delay_ms": 3_600_000}),
+    )
+    .await
+    .unwrap());
+    let put = |path: &str, body: Value| http.put(format!("{base}{path}")).json(&body).send();
+    assert!(
+        put(
+            "/v1/queues/moving",
+            json!({"concurrency": 50, "max_attempts": 2})
+        )
+        .await
+        .unwrap()
+        .status()
+        .is_success()
+    );
+    assert!(
+        put("/v1/schemas/k", json!({"schema": {"type": "object"}}))
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    assert!(put("/v1/schedules/nightly", json!({"cron": "0 3 * * *", "timezone": "Europe/Paris", "job": {"queue": "later", "kind": "k", "payload": {}}})).await.unwrap().status().is_success());
+    ok(post(
+        &http,
+        format!("{base}/v1/tokens"),
+        json!({"name": "billing", "role": "producer", "queues": ["billing.*"]}),
+    )
+    .await
+    .unwrap());
+    let (_, leased) = post(
+        &http,
+        format!("{base}/v1/lease"),
+        json!({"queues": ["moving"], "max_jobs": 12, "lease_ms": 600_000}),
+    )
+    .await
+    .unwrap();
+    let leased = leased["jobs"].as_array().unwrap().clone();
+    let mut items = vec![];
+    for (i, j) in leased.iter().enumerate().take(10) {
+        items.push(if i < 7 {
+            json!({"id": j["id"], "lease_token": j["lease"]["token"], "outcome": "completed"})
+        } else {
+            json!({"id": j["id"], "lease_token": j["lease"]["token"], "outcome": "failed", "error": {"message": "no", "retryable": false}})
+        });
+    }
+    ok(
+        post(&http, format!("{base}/v1/ack"), json!({"items": items}))
+            .await
+            .unwrap(),
+    );
+    ok(
+        post(&http, format!("{base}/v1/queues/later/pause"), json!({}))
+            .await
+            .unwrap(),
+    );
+    // Two jobs stay running across the move; their workers' tokens must still work after it.
+    let still_running: Vec<(String, String)> = leased[10..12]
+        .iter()
+        .map(|j| {
+            (
+                j["id"].as_str().unwrap().to_owned(),
+                j["lease"]["token"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(keel.terminate().success());
+
+    let first = dirs.path().join("from-sqlite.jsonl");
+    keel_cmd(&[
+        "export",
+        "--data-dir",
+        sqlite_dir.to_str().unwrap(),
+        "--out",
+        first.to_str().unwrap(),
+    ]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&first).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let imported = keel_cmd(&[
+        "import",
+        "--database",
+        &pg.url,
+        "--database-schema",
+        &pg.schema,
+        "--from",
+        first.to_str().unwrap(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&imported.stderr).contains("imported 31 jobs"),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    // Importing twice is refused and changes nothing.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "import",
+            "--database",
+            &pg.url,
+            "--database-schema",
+            &pg.schema,
+            "--from",
+            first.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds jobs"));
+
+    let second = dirs.path().join("from-postgres.jsonl");
+    keel_cmd(&[
+        "export",
+        "--database",
+        &pg.url,
+        "--database-schema",
+        &pg.schema,
+        "--out",
+        second.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        body_lines(&first),
+        body_lines(&second),
+        "PostgreSQL holds exactly what SQLite held"
+    );
+
+    // And back into a fresh SQLite data dir.
+    let back_dir = dirs.path().join("back");
+    keel_cmd(&[
+        "import",
+        "--data-dir",
+        back_dir.to_str().unwrap(),
+        "--from",
+        second.to_str().unwrap(),
+    ]);
+    let third = dirs.path().join("back.jsonl");
+    keel_cmd(&[
+        "export",
+        "--data-dir",
+        back_dir.to_str().unwrap(),
+        "--out",
+        third.to_str().unwrap(),
+    ]);
+    assert_eq!(body_lines(&first), body_lines(&third));
+
+    // Served from PostgreSQL with the old admin token, the running jobs' workers finish them.
+    let pg_dir = dirs.path().join("pg-node");
+    std::fs::create_dir_all(&pg_dir).unwrap();
+    std::fs::copy(sqlite_dir.join("admin.token"), pg_dir.join("admin.token")).unwrap();
+    let node = node(&pg, &pg_dir, None);
+    let http = node.http(Duration::from_secs(10));
+    for (id, token) in &still_running {
+        let (status, job) = post(
+            &http,
+            format!("{}/v1/jobs/{id}/complete", node.base),
+            json!({"lease_token": token}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (status, job["state"].as_str()),
+            (200, Some("completed")),
+            "{job}"
+        );
+    }
+    let q: Value = http
+        .get(format!("{}/v1/queues/moving", node.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(q["counts"]["completed"], 9);
+    assert_eq!(q["counts"]["dead"], 3);
+    assert_eq!(q["config"]["concurrency"], 50);
+    let later: Value = http
+        .get(format!("{}/v1/queues/later", node.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(later["paused"], true);
+}

@@ -746,3 +746,36 @@ async fn fire_schedules(
     }
     Ok(())
 }
+
+/// Inserts exported jobs and events as they are (see `Store::import`).
+pub(super) async fn import(
+    c: &mut Client,
+    sh: &Shared,
+    jobs: &[Job],
+    events: &[keel_core::Event],
+    now: Time,
+) -> Result<(), PgError> {
+    let tx = c.transaction().await?;
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+    if let Some(r) = query(
+        &tx,
+        "SELECT id FROM jobs WHERE id = ANY($1) LIMIT 1",
+        &[&ids],
+    )
+    .await?
+    .first()
+    {
+        let id: Uuid = r.try_get(0)?;
+        return Err(StoreError::Conflict(format!("job {id} already exists in this store")).into());
+    }
+    queue_configs(&tx, sh, jobs.iter().map(|j| j.queue.as_str()), now).await?;
+    let mut w = Writes::default();
+    for job in jobs {
+        w.record(None, Some(job), vec![], now);
+        if let Ok(mut g) = sh.ids.lock() {
+            g.continue_after(job.id);
+        }
+    }
+    w.events_as_given(events);
+    w.commit(tx, sh).await
+}

@@ -702,6 +702,15 @@ impl Store for PgStore {
         call!(self, |c, _sh| rows::export_events(&c, after_seq, limit))
     }
 
+    async fn import(
+        &self,
+        jobs: Vec<Job>,
+        events: Vec<Event>,
+        now: Time,
+    ) -> Result<(), StoreError> {
+        call!(self, |c, sh| jobs::import(&mut c, sh, &jobs, &events, now))
+    }
+
     async fn close(&self) -> Result<(), StoreError> {
         self.closed.store(true, Ordering::Release);
         let listener = self.listener.lock().ok().and_then(|mut l| l.take());

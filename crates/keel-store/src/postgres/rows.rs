@@ -172,6 +172,12 @@ impl Writes {
         }
     }
 
+    /// Appends events exactly as given (their own time and job; an import).
+    pub(super) fn events_as_given(&mut self, events: &[Event]) {
+        self.events
+            .extend(events.iter().map(|e| (e.job_id, e.at, e.data.clone())));
+    }
+
     pub(super) fn due_at(&mut self, at: Option<Time>) {
         if let Some(at) = at {
             self.due = Some(self.due.map_or(at, |d| d.min(at)));

@@ -620,6 +620,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn import(
+        &self,
+        jobs: Vec<Job>,
+        events: Vec<Event>,
+        now: Time,
+    ) -> Result<(), StoreError> {
+        self.run(move |w| w.import(jobs, events, now)).await
+    }
+
     async fn close(&self) -> Result<(), StoreError> {
         // Closing twice is fine: the second finds the writer gone.
         let _ = self.call(|reply| Request::Close { reply }).await;

@@ -13,8 +13,8 @@ use std::sync::mpsc::Receiver;
 
 use keel_core::lease::token_hash;
 use keel_core::{
-    Command, EventData, Job, NewJob, QueueConfig, QueueOverrides, Scope, State, Time, TokenBucket,
-    step,
+    Command, Event, EventData, Job, NewJob, QueueConfig, QueueOverrides, Scope, State, Time,
+    TokenBucket, step,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
@@ -535,6 +535,29 @@ impl Writer {
             });
         }
         Ok(Ok(out))
+    }
+
+    /// Inserts exported jobs and events as they are (see `Store::import`).
+    pub(super) fn import(&mut self, jobs: Vec<Job>, events: Vec<Event>, now: Time) -> Step<()> {
+        for job in &jobs {
+            if self.load(job.id)?.is_some() {
+                return Ok(Err(StoreError::Conflict(format!(
+                    "job {} already exists in this store",
+                    job.id
+                ))));
+            }
+        }
+        for job in &jobs {
+            self.queue_config(&job.queue, now)?;
+            insert_job(&self.conn, job)?;
+            let change = self.index.update(None, Some(Entry::from(job)));
+            self.wake |= change.leasable;
+            self.ids.continue_after(job.id);
+        }
+        for ev in &events {
+            insert_event(&self.conn, ev.job_id, ev.at, &ev.data)?;
+        }
+        Ok(Ok(()))
     }
 
     fn lease(&mut self, req: &LeaseRequest, now: Time) -> Step<Vec<LeasedJob>> {
