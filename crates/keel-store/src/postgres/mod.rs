@@ -24,6 +24,8 @@ mod listen;
 mod rows;
 mod schema;
 
+pub use rows::glob_to_like;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

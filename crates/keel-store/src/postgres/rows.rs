@@ -399,8 +399,9 @@ pub(super) async fn lock_jobs(
         .collect()
 }
 
-/// A scope pattern (queue-name characters and `*`) as a `LIKE` pattern.
-fn glob_to_like(pattern: &str) -> String {
+/// A scope pattern (queue-name characters and `*`) as a `LIKE` pattern; `tests/glob_agrees.rs`
+/// checks PostgreSQL's `LIKE` then agrees with `keel_core::access::glob_match`.
+pub fn glob_to_like(pattern: &str) -> String {
     let mut out = String::with_capacity(pattern.len() + 4);
     for c in pattern.chars() {
         match c {
