@@ -149,6 +149,7 @@ pub(super) async fn configure_queue(
     // A raised concurrency limit can make jobs leasable.
     let mut w = Writes::default();
     w.wake = true;
+    w.queues_changed = true;
     w.commit(tx, sh).await
 }
 
@@ -178,6 +179,7 @@ pub(super) async fn set_paused(
     audit(&tx, actor, action, name, &serde_json::json!({}), now).await?;
     let mut w = Writes::default();
     w.wake = !paused;
+    w.queues_changed = true;
     w.commit(tx, sh).await
 }
 

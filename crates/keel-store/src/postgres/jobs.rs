@@ -15,7 +15,7 @@ use keel_core::{
 use uuid::Uuid;
 
 use super::rows::{JOB_COLUMNS, Writes, execute, jobs_from_rows, lock_jobs, query};
-use super::{PgError, Shared};
+use super::{CachedQueue, PgError, Shared};
 use crate::StoreError;
 use crate::rules::{LiveKeys, Plan, keys_of, plan_enqueue};
 use crate::types::{Enqueued, LeaseRequest, LeasedJob, Outcome, ReplayFilter, SCHEDULE_RUNS_KEPT};
@@ -35,16 +35,24 @@ pub(super) async fn enqueue_call(
     jobs: &[NewJob],
     now: Time,
 ) -> Result<Vec<Enqueued>, PgError> {
-    let tx = c.transaction().await?;
     let mut w = Writes::default();
+    if keys_of(jobs).next().is_none() {
+        // Nothing to look up: one statement writes the jobs, their events and the notification,
+        // atomic on its own, so no transaction (and its two round trips) is needed.
+        let out = enqueue(&*c, sh, &mut w, jobs, now).await?;
+        w.commit_alone(c, sh).await?;
+        return Ok(out);
+    }
+    let tx = c.transaction().await?;
     let out = enqueue(&tx, sh, &mut w, jobs, now).await?;
     w.commit(tx, sh).await?;
     Ok(out)
 }
 
-/// Creates jobs inside the caller's transaction, all or none: a conflict is decided before
-/// anything is written. Losing a race for an idempotency key to a concurrent transaction
-/// is `Retry` (the whole call starts again and then finds the key taken).
+/// Records new jobs in `w` (the caller writes them), all or none: a conflict is decided before
+/// anything is recorded. Keys are written here, in the caller's transaction: losing a race for
+/// one to a concurrent transaction is `Retry` (the whole call starts again and then finds the
+/// key taken).
 pub(super) async fn enqueue(
     tx: &impl GenericClient,
     sh: &Shared,
@@ -164,32 +172,77 @@ pub(super) async fn enqueue(
             return Err(PgError::Retry);
         }
     }
-    w.flush(tx).await?;
     Ok(out)
 }
 
 /// The effective config of each named queue, creating the queues that do not exist yet.
+/// Served from the settings cache when every name is in it.
 async fn queue_configs<'a>(
-    tx: &impl GenericClient,
+    c: &impl GenericClient,
     sh: &Shared,
     names: impl Iterator<Item = &'a str>,
     now: Time,
 ) -> Result<HashMap<String, QueueConfig>, PgError> {
     // Sorted, so concurrent first uses of the same queues insert in one order (no deadlock).
     let names: Vec<&str> = names.collect::<BTreeSet<_>>().into_iter().collect();
+    let cached: Option<HashMap<String, QueueConfig>> = names
+        .iter()
+        .map(|n| sh.cached_queue(n).map(|q| ((*n).to_owned(), q.config)))
+        .collect();
+    if let Some(cached) = cached {
+        return Ok(cached);
+    }
     let rows = query(
-        tx,
+        c,
         "WITH created AS (INSERT INTO queues (name, created_at, updated_at) \
          SELECT n, $2, $2 FROM unnest($1::text[]) AS n ON CONFLICT DO NOTHING RETURNING name) \
-         SELECT name, overrides::text FROM queues WHERE name = ANY($1)",
+         SELECT name, paused, overrides::text FROM queues WHERE name = ANY($1) \
+         UNION ALL SELECT name, false, '{}' FROM created",
         &[&names, &now.as_millis()],
     )
     .await?;
     let mut out = HashMap::new();
     for r in rows {
         let name: String = r.try_get(0)?;
-        let overrides = parse_overrides(&name, &r.try_get::<_, String>(1)?)?;
+        let overrides = parse_overrides(&name, &r.try_get::<_, String>(2)?)?;
+        sh.cache_queue(&name, r.try_get(1)?, &overrides);
         out.insert(name, QueueConfig::with_overrides(&sh.defaults, &overrides));
+    }
+    Ok(out)
+}
+
+/// Pause and config of each named queue that exists (cached, or read).
+async fn queue_states(
+    c: &impl GenericClient,
+    sh: &Shared,
+    names: &[String],
+) -> Result<HashMap<String, CachedQueue>, PgError> {
+    let mut out = HashMap::new();
+    let mut missing = Vec::new();
+    for name in names {
+        match sh.cached_queue(name) {
+            Some(q) => {
+                out.insert(name.clone(), q);
+            }
+            None => missing.push(name.as_str()),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(out);
+    }
+    for r in query(
+        c,
+        "SELECT name, paused, overrides::text FROM queues WHERE name = ANY($1)",
+        &[&missing],
+    )
+    .await?
+    {
+        let name: String = r.try_get(0)?;
+        let overrides = parse_overrides(&name, &r.try_get::<_, String>(2)?)?;
+        sh.cache_queue(&name, r.try_get(1)?, &overrides);
+        if let Some(q) = sh.cached_queue(&name) {
+            out.insert(name, q);
+        }
     }
     Ok(out)
 }
@@ -223,18 +276,7 @@ pub(super) async fn lease(
 ) -> Result<Vec<LeasedJob>, PgError> {
     let tx = c.transaction().await?;
     let mut w = Writes::default();
-    let mut queues: HashMap<String, (bool, QueueOverrides)> = HashMap::new();
-    for r in query(
-        &tx,
-        "SELECT name, paused, overrides::text FROM queues WHERE name = ANY($1)",
-        &[&req.queues],
-    )
-    .await?
-    {
-        let name: String = r.try_get(0)?;
-        let overrides = parse_overrides(&name, &r.try_get::<_, String>(2)?)?;
-        queues.insert(name, (r.try_get(1)?, overrides));
-    }
+    let queues = queue_states(&tx, sh, &req.queues).await?;
     // Jobs due now are leasable now, however late the timer is.
     let due = query(
         &tx,
@@ -252,18 +294,18 @@ pub(super) async fn lease(
 
     let mut out = Vec::new();
     for queue in &req.queues {
-        let Some((paused, overrides)) = queues.get(queue) else {
+        let Some(state) = queues.get(queue) else {
             continue;
         };
         let want = req.max_jobs.saturating_sub(out.len());
-        if *paused {
+        if state.paused {
             continue;
         }
         if want == 0 {
             break;
         }
-        let config = QueueConfig::with_overrides(&sh.defaults, overrides);
-        let (want, mut bucket) = limits(&tx, queue, &config, want, now).await?;
+        let config = &state.config;
+        let (want, mut bucket) = limits(&tx, queue, config, want, now).await?;
         if want == 0 {
             continue;
         }
@@ -703,7 +745,11 @@ async fn fire_schedules(
         }
         for tick in &firing.fire {
             let enqueued = match enqueue(tx, sh, w, &[spec.job.job_at(&name, *tick)], now).await {
-                Ok(done) => Ok(done),
+                Ok(done) => {
+                    // Written now, so a later lookup in this pass sees the job.
+                    w.flush(tx).await?;
+                    Ok(done)
+                }
                 Err(PgError::Store(e)) => Err(e),
                 Err(other) => return Err(other),
             };

@@ -3,8 +3,9 @@
 //! connection drops; after a reconnect it wakes everyone and forgets the cached due time,
 //! since notifications sent meanwhile are lost.
 //!
-//! Payloads (`jobs.rs` sends them): `w` (work became leasable), `d<millis>` (something is due
-//! at that time), or both separated by a comma. Anything else is ignored.
+//! Payloads (`rows.rs` sends them): parts separated by commas: `w` (work became leasable),
+//! `d<millis>` (something is due at that time), `c` (a queue's settings changed: forget the
+//! cached ones). Anything else is ignored.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +72,9 @@ fn handle(shared: &Shared, payload: &str) {
     for part in payload.split(',') {
         if part == "w" {
             shared.wake();
+        } else if part == "c" {
+            shared.forget_queues();
+            shared.wake();
         } else if let Some(ms) = part.strip_prefix('d').and_then(|m| m.parse::<i64>().ok()) {
             shared.hint_due(Time::from_millis(ms));
         }
@@ -78,11 +82,16 @@ fn handle(shared: &Shared, payload: &str) {
 }
 
 /// The payload announcing a transaction's effects, if it had any.
-pub(super) fn payload(wake: bool, due: Option<Time>) -> Option<String> {
-    match (wake, due) {
-        (false, None) => None,
-        (true, None) => Some("w".into()),
-        (false, Some(d)) => Some(format!("d{}", d.as_millis())),
-        (true, Some(d)) => Some(format!("w,d{}", d.as_millis())),
+pub(super) fn payload(wake: bool, due: Option<Time>, queues_changed: bool) -> Option<String> {
+    let mut parts = Vec::new();
+    if wake {
+        parts.push("w".to_owned());
     }
+    if let Some(d) = due {
+        parts.push(format!("d{}", d.as_millis()));
+    }
+    if queues_changed {
+        parts.push("c".to_owned());
+    }
+    (!parts.is_empty()).then(|| parts.join(","))
 }

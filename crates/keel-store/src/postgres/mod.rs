@@ -26,6 +26,7 @@ mod schema;
 
 pub use rows::glob_to_like;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -92,6 +93,20 @@ pub(crate) struct Shared {
     pub(crate) timer_lock: i64,
     signal: watch::Sender<u64>,
     due: Mutex<Due>,
+    /// Queue settings as last read, so an enqueue or a lease need not read them each time.
+    /// Forgotten when any node changes a queue (`c` notification) and after `QUEUE_CACHE_TTL`.
+    queues: Mutex<HashMap<String, CachedQueue>>,
+}
+
+/// How long cached queue settings are trusted without a notification (a backstop for a lost
+/// notification; a change is normally seen by every node within milliseconds).
+const QUEUE_CACHE_TTL: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+pub(crate) struct CachedQueue {
+    pub(crate) paused: bool,
+    pub(crate) config: QueueConfig,
+    read_at: std::time::Instant,
 }
 
 /// What this node knows of the next due time without asking the database.
@@ -136,12 +151,41 @@ impl Shared {
         self.hint_due(at);
     }
 
-    /// Forget what is cached: the next tick reads the database (after a lost listener).
+    /// Forget what is cached: the next tick reads the database, and queue settings are read
+    /// again (after a lost listener).
     pub(crate) fn forget_due(&self) {
         if let Ok(mut due) = self.due.lock() {
             due.read_at = None;
         }
+        self.forget_queues();
         self.wake();
+    }
+
+    pub(crate) fn forget_queues(&self) {
+        if let Ok(mut q) = self.queues.lock() {
+            q.clear();
+        }
+    }
+
+    /// The cached settings of `name`, if read within `QUEUE_CACHE_TTL`.
+    pub(crate) fn cached_queue(&self, name: &str) -> Option<CachedQueue> {
+        let q = self.queues.lock().ok()?;
+        q.get(name)
+            .filter(|c| c.read_at.elapsed() < QUEUE_CACHE_TTL)
+            .cloned()
+    }
+
+    pub(crate) fn cache_queue(&self, name: &str, paused: bool, overrides: &QueueOverrides) {
+        if let Ok(mut q) = self.queues.lock() {
+            q.insert(
+                name.to_owned(),
+                CachedQueue {
+                    paused,
+                    config: QueueConfig::with_overrides(&self.defaults, overrides),
+                    read_at: std::time::Instant::now(),
+                },
+            );
+        }
     }
 
     pub(crate) fn next_id(&self, now: Time) -> Result<Uuid, StoreError> {
@@ -316,6 +360,7 @@ impl PgStore {
             channel: format!("keel_{}", config.schema),
             timer_lock: schema::lock_key("timers", &config.schema),
             signal: signal_tx,
+            queues: Mutex::new(HashMap::new()),
             due: Mutex::new(Due {
                 next: None,
                 read_at: None,

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use deadpool_postgres::GenericClient;
+use deadpool_postgres::{Client, GenericClient};
 use keel_core::{Event, EventData, Job, JobError, Json, Lease, State, Time};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -124,6 +124,8 @@ pub(super) struct Writes {
     pub(super) wake: bool,
     /// The earliest moment something written here becomes due (run_at, lease expiry).
     pub(super) due: Option<Time>,
+    /// A queue's settings or pause changed: every node forgets its cached queue settings.
+    pub(super) queues_changed: bool,
 }
 
 impl Writes {
@@ -184,193 +186,176 @@ impl Writes {
         }
     }
 
-    /// Writes what is recorded so far (later statements of the transaction see it).
+    /// Writes what is recorded so far, in one statement (later statements of the transaction
+    /// see it).
     pub(super) async fn flush(&mut self, tx: &impl GenericClient) -> Result<(), PgError> {
-        let mut inserts = Vec::new();
-        let mut updates = Vec::new();
+        self.write(tx, None).await
+    }
+
+    /// One statement writes every recorded change and, with `notify`, sends the notification
+    /// (delivered when the transaction commits). Without an explicit transaction, the statement
+    /// is its own: atomic, and committed when it returns.
+    async fn write(
+        &mut self,
+        c: &impl GenericClient,
+        notify: Option<&Shared>,
+    ) -> Result<(), PgError> {
+        let payload =
+            notify.and_then(|_| listen::payload(self.wake, self.due, self.queues_changed));
+        if self.order.is_empty() && self.events.is_empty() && payload.is_none() {
+            return Ok(());
+        }
         let mut deletes = Vec::new();
+        let mut inserts = Columns::default();
+        let mut updates = Columns::default();
         for id in self.order.drain(..) {
             match self.rows.remove(&id) {
-                Some(RowOp::Insert(j)) => inserts.push(j),
-                Some(RowOp::Update(j)) => updates.push(j),
+                Some(RowOp::Insert(j)) => inserts.push(&j)?,
+                Some(RowOp::Update(j)) => updates.push(&j)?,
                 Some(RowOp::Delete) => deletes.push(id),
                 None => {}
             }
         }
-        if !deletes.is_empty() {
-            execute(tx, "DELETE FROM jobs WHERE id = ANY($1)", &[&deletes]).await?;
+        let mut ev = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (id, at, e) in self.events.drain(..) {
+            ev.0.push(id);
+            ev.1.push(at.as_millis());
+            ev.2.push(e.type_name().to_owned());
+            ev.3.push(to_json(&e)?);
         }
-        if !inserts.is_empty() {
-            insert_jobs(tx, &inserts).await?;
-        }
-        if !updates.is_empty() {
-            update_jobs(tx, &updates).await?;
-        }
-        if !self.events.is_empty() {
-            let mut ids = Vec::with_capacity(self.events.len());
-            let mut ats = Vec::with_capacity(self.events.len());
-            let mut types = Vec::with_capacity(self.events.len());
-            let mut data = Vec::with_capacity(self.events.len());
-            for (id, at, ev) in self.events.drain(..) {
-                ids.push(id);
-                ats.push(at.as_millis());
-                types.push(ev.type_name().to_owned());
-                data.push(to_json(&ev)?);
-            }
-            execute(
-                tx,
-                "INSERT INTO events (job_id, at, type, data) \
-                 SELECT u.j, u.a, u.t, u.d::json FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[]) AS u(j, a, t, d)",
-                &[&ids, &ats, &types, &data],
-            )
-            .await?;
-        }
+        let channel = notify.map(|sh| sh.channel.as_str());
+        let i = &inserts;
+        let u = &updates;
+        execute(
+            c,
+            "WITH d AS (DELETE FROM jobs WHERE id = ANY($1::uuid[])), \
+             i AS (INSERT INTO jobs (id, queue, kind, payload, state, priority, attempt, max_attempts, timeout_ms, \
+               backoff, run_at, created_at, updated_at, finished_at, idempotency_key, tags, last_error, result, \
+               lease_token_hash, lease_expires_at, lease_worker) \
+               SELECT u.id, u.queue, u.kind, u.payload::json, u.state, u.priority, u.attempt, u.max_attempts, \
+               u.timeout_ms, u.backoff::json, u.run_at, u.created_at, u.updated_at, u.finished_at, u.key, \
+               ARRAY(SELECT json_array_elements_text(u.tags::json)), u.last_error::json, u.result::json, \
+               u.lease_hash, u.lease_expires, u.lease_worker \
+               FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::int[], \
+               $9::int[], $10::bigint[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], \
+               $16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::bigint[], $22::text[]) \
+               AS u(id, queue, kind, payload, state, priority, attempt, max_attempts, timeout_ms, backoff, run_at, \
+               created_at, updated_at, finished_at, key, tags, last_error, result, lease_hash, lease_expires, lease_worker)), \
+             u AS (UPDATE jobs SET state = u.state, attempt = u.attempt, run_at = u.run_at, updated_at = u.updated_at, \
+               finished_at = u.finished_at, last_error = u.last_error::json, result = u.result::json, \
+               lease_token_hash = u.lease_hash, lease_expires_at = u.lease_expires, lease_worker = u.lease_worker \
+               FROM unnest($23::uuid[], $24::text[], $25::int[], $26::bigint[], $27::bigint[], $28::bigint[], \
+               $29::text[], $30::text[], $31::text[], $32::bigint[], $33::text[]) \
+               AS u(id, state, attempt, run_at, updated_at, finished_at, last_error, result, lease_hash, lease_expires, lease_worker) \
+               WHERE jobs.id = u.id), \
+             e AS (INSERT INTO events (job_id, at, type, data) \
+               SELECT u.j, u.a, u.t, u.d::json FROM unnest($34::uuid[], $35::bigint[], $36::text[], $37::text[]) AS u(j, a, t, d)) \
+             SELECT pg_notify($38, $39) WHERE $39::text IS NOT NULL",
+            &[
+                &deletes,
+                &i.id, &i.queue, &i.kind, &i.payload, &i.state, &i.priority, &i.attempt, &i.max_attempts,
+                &i.timeout, &i.backoff, &i.run_at, &i.created, &i.updated, &i.finished, &i.key, &i.tags,
+                &i.last_error, &i.result, &i.lease_hash, &i.lease_expires, &i.lease_worker,
+                &u.id, &u.state, &u.attempt, &u.run_at, &u.updated, &u.finished, &u.last_error, &u.result,
+                &u.lease_hash, &u.lease_expires, &u.lease_worker,
+                &ev.0, &ev.1, &ev.2, &ev.3,
+                &channel, &payload,
+            ],
+        )
+        .await?;
         Ok(())
     }
 
-    /// Writes the rest, sends the notification (PostgreSQL delivers it at commit), commits,
-    /// and then wakes this node's waiters and lowers its due time at once (its own
-    /// notification arrives later and changes nothing more).
+    /// Writes the rest with the notification and commits, then wakes this node's waiters and
+    /// lowers its due time at once (its own notification arrives later and changes nothing
+    /// more).
     pub(super) async fn commit(
         mut self,
         tx: deadpool_postgres::Transaction<'_>,
         shared: &Shared,
     ) -> Result<(), PgError> {
-        self.flush(&tx).await?;
-        if let Some(payload) = listen::payload(self.wake, self.due) {
-            query(
-                &tx,
-                "SELECT pg_notify($1, $2)",
-                &[&shared.channel, &payload],
-            )
-            .await?;
-        }
+        self.write(&tx, Some(shared)).await?;
         tx.commit().await?;
+        self.announce(shared);
+        Ok(())
+    }
+
+    /// Writes everything as one statement outside any transaction (atomic on its own), for a
+    /// call whose reads needed no transaction.
+    pub(super) async fn commit_alone(mut self, c: &Client, shared: &Shared) -> Result<(), PgError> {
+        self.write(c, Some(shared)).await?;
+        self.announce(shared);
+        Ok(())
+    }
+
+    fn announce(&self, shared: &Shared) {
+        if self.queues_changed {
+            shared.forget_queues();
+        }
         if self.wake {
             shared.wake();
         }
         if let Some(due) = self.due {
             shared.hint_due(due);
         }
+    }
+}
+
+/// The columns of jobs to insert or update, one array per column.
+#[derive(Default)]
+struct Columns {
+    id: Vec<Uuid>,
+    queue: Vec<String>,
+    kind: Vec<String>,
+    payload: Vec<String>,
+    state: Vec<&'static str>,
+    priority: Vec<i32>,
+    attempt: Vec<i32>,
+    max_attempts: Vec<i32>,
+    timeout: Vec<i64>,
+    backoff: Vec<String>,
+    run_at: Vec<i64>,
+    created: Vec<i64>,
+    updated: Vec<i64>,
+    finished: Vec<Option<i64>>,
+    key: Vec<Option<String>>,
+    tags: Vec<String>,
+    last_error: Vec<Option<String>>,
+    result: Vec<Option<String>>,
+    lease_hash: Vec<Option<String>>,
+    lease_expires: Vec<Option<i64>>,
+    lease_worker: Vec<Option<String>>,
+}
+
+impl Columns {
+    fn push(&mut self, j: &Job) -> Result<(), PgError> {
+        self.id.push(j.id);
+        self.queue.push(j.queue.clone());
+        self.kind.push(j.kind.clone());
+        self.payload.push(j.payload.get().to_owned());
+        self.state.push(j.state.as_str());
+        self.priority.push(j.priority);
+        self.attempt.push(j.attempt as i32);
+        self.max_attempts.push(j.max_attempts as i32);
+        self.timeout.push(j.timeout_ms);
+        self.backoff.push(to_json(&j.backoff)?);
+        self.run_at.push(j.run_at.as_millis());
+        self.created.push(j.created_at.as_millis());
+        self.updated.push(j.updated_at.as_millis());
+        self.finished.push(j.finished_at.map(Time::as_millis));
+        self.key.push(j.idempotency_key.clone());
+        self.tags.push(to_json(&j.tags)?);
+        self.last_error
+            .push(j.last_error.as_ref().map(to_json).transpose()?);
+        self.result
+            .push(j.result.as_ref().map(|r| r.get().to_owned()));
+        let lease = j.lease.as_ref();
+        self.lease_hash.push(lease.map(|l| l.token_hash.clone()));
+        self.lease_expires
+            .push(lease.map(|l| l.expires_at.as_millis()));
+        self.lease_worker.push(lease.and_then(|l| l.worker.clone()));
         Ok(())
     }
-}
-
-async fn insert_jobs(tx: &impl GenericClient, jobs: &[Job]) -> Result<(), PgError> {
-    let n = jobs.len();
-    let mut id = Vec::with_capacity(n);
-    let mut queue = Vec::with_capacity(n);
-    let mut kind = Vec::with_capacity(n);
-    let mut payload = Vec::with_capacity(n);
-    let mut state = Vec::with_capacity(n);
-    let mut priority = Vec::with_capacity(n);
-    let mut attempt = Vec::with_capacity(n);
-    let mut max_attempts = Vec::with_capacity(n);
-    let mut timeout = Vec::with_capacity(n);
-    let mut backoff = Vec::with_capacity(n);
-    let mut run_at = Vec::with_capacity(n);
-    let mut created = Vec::with_capacity(n);
-    let mut updated = Vec::with_capacity(n);
-    let mut finished = Vec::with_capacity(n);
-    let mut key = Vec::with_capacity(n);
-    let mut tags = Vec::with_capacity(n);
-    let mut last_error = Vec::with_capacity(n);
-    let mut result = Vec::with_capacity(n);
-    let mut lease_hash = Vec::with_capacity(n);
-    let mut lease_expires = Vec::with_capacity(n);
-    let mut lease_worker = Vec::with_capacity(n);
-    for j in jobs {
-        id.push(j.id);
-        queue.push(j.queue.as_str());
-        kind.push(j.kind.as_str());
-        payload.push(j.payload.get());
-        state.push(j.state.as_str());
-        priority.push(j.priority);
-        attempt.push(j.attempt as i32);
-        max_attempts.push(j.max_attempts as i32);
-        timeout.push(j.timeout_ms);
-        backoff.push(to_json(&j.backoff)?);
-        run_at.push(j.run_at.as_millis());
-        created.push(j.created_at.as_millis());
-        updated.push(j.updated_at.as_millis());
-        finished.push(j.finished_at.map(Time::as_millis));
-        key.push(j.idempotency_key.as_deref());
-        tags.push(to_json(&j.tags)?);
-        last_error.push(j.last_error.as_ref().map(to_json).transpose()?);
-        result.push(j.result.as_ref().map(Json::get));
-        let lease = j.lease.as_ref();
-        lease_hash.push(lease.map(|l| l.token_hash.as_str()));
-        lease_expires.push(lease.map(|l| l.expires_at.as_millis()));
-        lease_worker.push(lease.and_then(|l| l.worker.as_deref()));
-    }
-    execute(
-        tx,
-            "INSERT INTO jobs (id, queue, kind, payload, state, priority, attempt, max_attempts, timeout_ms, \
-             backoff, run_at, created_at, updated_at, finished_at, idempotency_key, tags, last_error, result, \
-             lease_token_hash, lease_expires_at, lease_worker) \
-             SELECT u.id, u.queue, u.kind, u.payload::json, u.state, u.priority, u.attempt, u.max_attempts, \
-             u.timeout_ms, u.backoff::json, u.run_at, u.created_at, u.updated_at, u.finished_at, u.key, \
-             ARRAY(SELECT json_array_elements_text(u.tags::json)), u.last_error::json, u.result::json, \
-             u.lease_hash, u.lease_expires, u.lease_worker \
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[], \
-             $8::int[], $9::bigint[], $10::text[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], \
-             $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::bigint[], $21::text[]) \
-             AS u(id, queue, kind, payload, state, priority, attempt, max_attempts, timeout_ms, backoff, run_at, \
-             created_at, updated_at, finished_at, key, tags, last_error, result, lease_hash, lease_expires, lease_worker)",
-        &[
-            &id, &queue, &kind, &payload, &state, &priority, &attempt, &max_attempts, &timeout,
-            &backoff, &run_at, &created, &updated, &finished, &key, &tags, &last_error, &result,
-            &lease_hash, &lease_expires, &lease_worker,
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Writes the columns that can change after enqueue.
-async fn update_jobs(tx: &impl GenericClient, jobs: &[Job]) -> Result<(), PgError> {
-    let n = jobs.len();
-    let mut id = Vec::with_capacity(n);
-    let mut state = Vec::with_capacity(n);
-    let mut attempt = Vec::with_capacity(n);
-    let mut run_at = Vec::with_capacity(n);
-    let mut updated = Vec::with_capacity(n);
-    let mut finished = Vec::with_capacity(n);
-    let mut last_error = Vec::with_capacity(n);
-    let mut result = Vec::with_capacity(n);
-    let mut lease_hash = Vec::with_capacity(n);
-    let mut lease_expires = Vec::with_capacity(n);
-    let mut lease_worker = Vec::with_capacity(n);
-    for j in jobs {
-        id.push(j.id);
-        state.push(j.state.as_str());
-        attempt.push(j.attempt as i32);
-        run_at.push(j.run_at.as_millis());
-        updated.push(j.updated_at.as_millis());
-        finished.push(j.finished_at.map(Time::as_millis));
-        last_error.push(j.last_error.as_ref().map(to_json).transpose()?);
-        result.push(j.result.as_ref().map(Json::get));
-        let lease = j.lease.as_ref();
-        lease_hash.push(lease.map(|l| l.token_hash.as_str()));
-        lease_expires.push(lease.map(|l| l.expires_at.as_millis()));
-        lease_worker.push(lease.and_then(|l| l.worker.as_deref()));
-    }
-    execute(
-        tx,
-            "UPDATE jobs SET state = u.state, attempt = u.attempt, run_at = u.run_at, updated_at = u.updated_at, \
-             finished_at = u.finished_at, last_error = u.last_error::json, result = u.result::json, \
-             lease_token_hash = u.lease_hash, lease_expires_at = u.lease_expires, lease_worker = u.lease_worker \
-             FROM unnest($1::uuid[], $2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], \
-             $8::text[], $9::text[], $10::bigint[], $11::text[]) \
-             AS u(id, state, attempt, run_at, updated_at, finished_at, last_error, result, lease_hash, lease_expires, lease_worker) \
-             WHERE jobs.id = u.id",
-        &[
-            &id, &state, &attempt, &run_at, &updated, &finished, &last_error, &result, &lease_hash,
-            &lease_expires, &lease_worker,
-        ],
-    )
-    .await?;
-    Ok(())
 }
 
 pub(super) async fn get_job(c: &impl GenericClient, id: Uuid) -> Result<Option<Job>, PgError> {
