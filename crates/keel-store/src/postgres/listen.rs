@@ -3,7 +3,13 @@
 //! connection drops; after a reconnect it wakes everyone and forgets the cached due time,
 //! since notifications sent meanwhile are lost.
 //!
-//! Payloads (`rows.rs` sends them): parts separated by commas: `w` (work became leasable),
+//! The notifier (`notify`) sends what this node's commits announced (`Shared::publish`), one
+//! `NOTIFY` at a time on a pooled connection, after those commits: announcements made while one
+//! is in flight are merged into the next. A node that dies between a commit and its
+//! notification leaves other nodes' long polls to find the work at their next lease attempt
+//! (at the latest when their wait ends) and their timers at their next database read (≤ 2 s).
+//!
+//! Payloads: parts separated by commas: `w` (work became leasable),
 //! `d<millis>` (something is due at that time), `c` (a queue's settings changed: forget the
 //! cached ones). Anything else is ignored.
 
@@ -77,6 +83,27 @@ fn handle(shared: &Shared, payload: &str) {
             shared.wake();
         } else if let Some(ms) = part.strip_prefix('d').and_then(|m| m.parse::<i64>().ok()) {
             shared.hint_due(Time::from_millis(ms));
+        }
+    }
+}
+
+/// Sends this node's announcements to the others, merged, one `NOTIFY` at a time.
+pub(super) async fn notify(pool: deadpool_postgres::Pool, shared: Arc<Shared>) {
+    loop {
+        shared.announced.notified().await;
+        let Some(payload) = shared.take_announcements() else {
+            continue;
+        };
+        let sent = async {
+            let c = pool.get().await.map_err(|e| e.to_string())?;
+            c.execute("SELECT pg_notify($1, $2)", &[&shared.channel, &payload])
+                .await
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = sent.await {
+            tracing::warn!(message = "Could not notify the other nodes; will retry.", error = %e);
+            shared.requeue_announcement(&payload);
+            tokio::time::sleep(RETRY_MIN).await;
         }
     }
 }

@@ -8,10 +8,12 @@
 //! - Leasing (`jobs.rs`) takes the next available jobs of a queue with `FOR UPDATE SKIP
 //!   LOCKED` on the `jobs_ready` index; a queue with a concurrency or rate limit is leased with
 //!   its `queues` row locked, so the running count and the token bucket are exact across nodes.
-//! - Wake-ups: a transaction that made work leasable (or something due sooner) sends
-//!   `NOTIFY` in the same transaction; every node's listener (`listen.rs`) turns it into a bump
-//!   of `subscribe()` and a lower `next_due`. A notification is only a hint: long polls re-try
-//!   the lease, and timers re-read the database at least every [`DUE_CACHE_MS`].
+//! - Wake-ups: after a commit that made work leasable (or something due sooner), the node wakes
+//!   its own waiters and its notifier sends one merged `NOTIFY` (outside the transaction: a
+//!   `NOTIFY` inside would hold PostgreSQL's notify lock across the commit's WAL flush and
+//!   serialize every writer). Every node's listener (`listen.rs`) turns it into a bump of
+//!   `subscribe()` and a lower `next_due`. A notification is only a hint: long polls re-try the
+//!   lease, and timers re-read the database at least every [`DUE_CACHE_MS`].
 //! - Timers (`tick`) run in a transaction that first takes `pg_try_advisory_xact_lock`: one
 //!   node at a time does the work; a node that dies holds nothing, so the next tick of any live
 //!   node takes over.
@@ -96,6 +98,16 @@ pub(crate) struct Shared {
     /// Queue settings as last read, so an enqueue or a lease need not read them each time.
     /// Forgotten when any node changes a queue (`c` notification) and after `QUEUE_CACHE_TTL`.
     queues: Mutex<HashMap<String, CachedQueue>>,
+    /// What this node's commits announced and the notifier has not sent yet.
+    pending: Mutex<Pending>,
+    announced: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    wake: bool,
+    due: Option<Time>,
+    queues_changed: bool,
 }
 
 /// How long cached queue settings are trusted without a notification (a backstop for a lost
@@ -159,6 +171,46 @@ impl Shared {
         }
         self.forget_queues();
         self.wake();
+    }
+
+    /// Queues an announcement for the other nodes (sent by `listen::notify`).
+    pub(crate) fn publish(&self, wake: bool, due: Option<Time>, queues_changed: bool) {
+        if !wake && due.is_none() && !queues_changed {
+            return;
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            p.wake |= wake;
+            p.due = match (p.due, due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            p.queues_changed |= queues_changed;
+        }
+        self.announced.notify_one();
+    }
+
+    fn take_announcements(&self) -> Option<String> {
+        let mut p = self.pending.lock().ok()?;
+        let taken = std::mem::take(&mut *p);
+        listen::payload(taken.wake, taken.due, taken.queues_changed)
+    }
+
+    /// Puts back an announcement that could not be sent.
+    fn requeue_announcement(&self, payload: &str) {
+        let (mut wake, mut due, mut queues) = (false, None, false);
+        for part in payload.split(',') {
+            match part {
+                "w" => wake = true,
+                "c" => queues = true,
+                d => {
+                    due = d
+                        .strip_prefix('d')
+                        .and_then(|m| m.parse().ok())
+                        .map(Time::from_millis)
+                }
+            }
+        }
+        self.publish(wake, due, queues);
     }
 
     pub(crate) fn forget_queues(&self) {
@@ -311,7 +363,8 @@ pub struct PgStore {
     call_timeout: Duration,
     closed: AtomicBool,
     signal: watch::Receiver<u64>,
-    listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The listener and the notifier.
+    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Replay and purge work in chunks of this many jobs, one transaction each.
@@ -361,6 +414,8 @@ impl PgStore {
             timer_lock: schema::lock_key("timers", &config.schema),
             signal: signal_tx,
             queues: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
+            announced: tokio::sync::Notify::new(),
             due: Mutex::new(Due {
                 next: None,
                 read_at: None,
@@ -369,13 +424,14 @@ impl PgStore {
             }),
         });
         let listener = tokio::spawn(listen::run(pg, shared.clone()));
+        let notifier = tokio::spawn(listen::notify(pool.clone(), shared.clone()));
         Ok(PgStore {
             pool,
             shared,
             call_timeout: config.call_timeout,
             closed: AtomicBool::new(false),
             signal,
-            listener: Mutex::new(Some(listener)),
+            background: Mutex::new(vec![listener, notifier]),
         })
     }
 
@@ -760,9 +816,13 @@ impl Store for PgStore {
 
     async fn close(&self) -> Result<(), StoreError> {
         self.closed.store(true, Ordering::Release);
-        let listener = self.listener.lock().ok().and_then(|mut l| l.take());
-        if let Some(listener) = listener {
-            listener.abort();
+        let tasks = self
+            .background
+            .lock()
+            .map(|mut b| std::mem::take(&mut *b))
+            .unwrap_or_default();
+        for task in tasks {
+            task.abort();
         }
         self.pool.close();
         Ok(())

@@ -10,7 +10,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{PgError, Shared, listen};
+use super::{PgError, Shared};
 use crate::StoreError;
 use crate::types::{JobFilter, JobPage};
 
@@ -186,23 +186,11 @@ impl Writes {
         }
     }
 
-    /// Writes what is recorded so far, in one statement (later statements of the transaction
-    /// see it).
-    pub(super) async fn flush(&mut self, tx: &impl GenericClient) -> Result<(), PgError> {
-        self.write(tx, None).await
-    }
-
-    /// One statement writes every recorded change and, with `notify`, sends the notification
-    /// (delivered when the transaction commits). Without an explicit transaction, the statement
-    /// is its own: atomic, and committed when it returns.
-    async fn write(
-        &mut self,
-        c: &impl GenericClient,
-        notify: Option<&Shared>,
-    ) -> Result<(), PgError> {
-        let payload =
-            notify.and_then(|_| listen::payload(self.wake, self.due, self.queues_changed));
-        if self.order.is_empty() && self.events.is_empty() && payload.is_none() {
+    /// Writes every recorded change so far in one statement (later statements of the
+    /// transaction see it). Without an explicit transaction, the statement is its own: atomic,
+    /// and committed when it returns.
+    pub(super) async fn flush(&mut self, c: &impl GenericClient) -> Result<(), PgError> {
+        if self.order.is_empty() && self.events.is_empty() {
             return Ok(());
         }
         let mut deletes = Vec::new();
@@ -223,7 +211,6 @@ impl Writes {
             ev.2.push(e.type_name().to_owned());
             ev.3.push(to_json(&e)?);
         }
-        let channel = notify.map(|sh| sh.channel.as_str());
         let i = &inserts;
         let u = &updates;
         execute(
@@ -250,7 +237,7 @@ impl Writes {
                WHERE jobs.id = u.id), \
              e AS (INSERT INTO events (job_id, at, type, data) \
                SELECT u.j, u.a, u.t, u.d::json FROM unnest($34::uuid[], $35::bigint[], $36::text[], $37::text[]) AS u(j, a, t, d)) \
-             SELECT pg_notify($38, $39) WHERE $39::text IS NOT NULL",
+             SELECT 1",
             &[
                 &deletes,
                 &i.id, &i.queue, &i.kind, &i.payload, &i.state, &i.priority, &i.attempt, &i.max_attempts,
@@ -259,35 +246,36 @@ impl Writes {
                 &u.id, &u.state, &u.attempt, &u.run_at, &u.updated, &u.finished, &u.last_error, &u.result,
                 &u.lease_hash, &u.lease_expires, &u.lease_worker,
                 &ev.0, &ev.1, &ev.2, &ev.3,
-                &channel, &payload,
             ],
         )
         .await?;
         Ok(())
     }
 
-    /// Writes the rest with the notification and commits, then wakes this node's waiters and
-    /// lowers its due time at once (its own notification arrives later and changes nothing
-    /// more).
+    /// Writes the rest and commits, then announces what changed (`announce`).
     pub(super) async fn commit(
         mut self,
         tx: deadpool_postgres::Transaction<'_>,
         shared: &Shared,
     ) -> Result<(), PgError> {
-        self.write(&tx, Some(shared)).await?;
+        self.flush(&tx).await?;
         tx.commit().await?;
         self.announce(shared);
         Ok(())
     }
 
     /// Writes everything as one statement outside any transaction (atomic on its own), for a
-    /// call whose reads needed no transaction.
+    /// call whose reads needed no transaction, then announces what changed.
     pub(super) async fn commit_alone(mut self, c: &Client, shared: &Shared) -> Result<(), PgError> {
-        self.write(c, Some(shared)).await?;
+        self.flush(c).await?;
         self.announce(shared);
         Ok(())
     }
 
+    /// After commit: this node's waiters wake and its due time drops at once, and the other
+    /// nodes are told through the notifier (`listen.rs`). The notification is sent after the
+    /// commit, not inside the transaction: `NOTIFY` takes a database-wide lock from commit until
+    /// the commit's WAL flush ends, which would serialize every writing transaction's fsync.
     fn announce(&self, shared: &Shared) {
         if self.queues_changed {
             shared.forget_queues();
@@ -298,6 +286,7 @@ impl Writes {
         if let Some(due) = self.due {
             shared.hint_due(due);
         }
+        shared.publish(self.wake, self.due, self.queues_changed);
     }
 }
 
