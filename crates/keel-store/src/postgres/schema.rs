@@ -19,11 +19,17 @@ pub(super) fn connect_config(config: &PgConfig) -> Result<tokio_postgres::Config
         .url
         .parse()
         .map_err(|e| StoreError::Unavailable(format!("the database URL is not valid: {e}")))?;
-    pg.options(format!("-c search_path={}", config.schema))
-        .application_name("keel")
-        .connect_timeout(config.call_timeout.min(Duration::from_secs(5)))
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(30));
+    // Custom plans always: a generic plan chosen while a table was small (a seq scan of an
+    // empty `jobs`) stays cached on the connection for good and turns every later write into
+    // a table scan. Planning each statement costs far less than one such scan.
+    pg.options(format!(
+        "-c search_path={} -c plan_cache_mode=force_custom_plan",
+        config.schema
+    ))
+    .application_name("keel")
+    .connect_timeout(config.call_timeout.min(Duration::from_secs(5)))
+    .keepalives(true)
+    .keepalives_idle(Duration::from_secs(30));
     Ok(pg)
 }
 
