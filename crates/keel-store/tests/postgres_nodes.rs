@@ -116,3 +116,52 @@ async fn a_concurrency_limit_holds_across_nodes() {
     let peak = peak.load(std::sync::atomic::Ordering::SeqCst);
     assert!(peak <= 3, "{peak} jobs ran at once on a queue limited to 3");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_run_on_one_node_at_a_time_and_move_when_it_is_gone() {
+    let Some((pg, a, b)) = two_nodes().await else {
+        return;
+    };
+    let mut delayed = job("timed");
+    delayed.when = keel_core::When::Delay(1_000);
+    let id = a.enqueue(vec![delayed], T0).await.unwrap()[0].job.id;
+    let due = T0.plus_ms(1_000);
+
+    // While another session holds the timers' lock (a node in the middle of a pass), a tick
+    // elsewhere does nothing and asks to be called again soon.
+    let (holder, conn) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let key = keel_store::postgres::timer_lock_key(&pg.schema);
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap();
+    let tick = b.tick(due).await.unwrap();
+    assert_eq!(
+        b.get_job(id).await.unwrap().unwrap().state,
+        keel_core::State::Scheduled
+    );
+    assert!(tick.next_due.unwrap() <= due.plus_ms(1_000), "{tick:?}");
+
+    // The holder goes away (a node that dies releases everything with its connection): the
+    // other node's next pass does the work.
+    drop(holder);
+    a.close().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut now = due.plus_ms(1_000);
+    loop {
+        // Store time moves on as it would (a tick that found the lock taken looks again 1 s on).
+        now = now.plus_ms(1_000);
+        b.tick(now).await.unwrap();
+        if b.get_job(id).await.unwrap().unwrap().state == keel_core::State::Available {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no node took over the timers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -562,7 +562,8 @@ pub(super) async fn purge_chunk(
 /// What one timer pass found.
 pub(super) struct TickPass {
     pub(super) next_due: Option<Time>,
-    pub(super) ran_retention: bool,
+    /// Retention ran in this pass, or another node holding the timers' lock runs it.
+    pub(super) retention_handled: bool,
     /// Retention hit a batch limit: more is due at once.
     pub(super) more_retention: bool,
 }
@@ -589,11 +590,11 @@ pub(super) async fn tick(
     .transpose()?
     .unwrap_or(false);
     if !locked {
-        // Another node is running the timers right now; look again soon.
+        // Another node is running the timers (retention included) right now; look again soon.
         tx.commit().await?;
         return Ok(TickPass {
             next_due: Some(now.plus_ms(RETENTION_EVERY_MS)),
-            ran_retention: false,
+            retention_handled: true,
             more_retention: false,
         });
     }
@@ -660,7 +661,7 @@ pub(super) async fn tick(
     w.commit(tx, sh).await?;
     Ok(TickPass {
         next_due,
-        ran_retention: retention,
+        retention_handled: retention,
         more_retention,
     })
 }

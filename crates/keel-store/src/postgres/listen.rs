@@ -89,6 +89,7 @@ fn handle(shared: &Shared, payload: &str) {
 
 /// Sends this node's announcements to the others, merged, one `NOTIFY` at a time.
 pub(super) async fn notify(pool: deadpool_postgres::Pool, shared: Arc<Shared>) {
+    let mut backoff = RETRY_MIN;
     loop {
         shared.announced.notified().await;
         let Some(payload) = shared.take_announcements() else {
@@ -100,10 +101,14 @@ pub(super) async fn notify(pool: deadpool_postgres::Pool, shared: Arc<Shared>) {
                 .await
                 .map_err(|e| e.to_string())
         };
-        if let Err(e) = sent.await {
-            tracing::warn!(message = "Could not notify the other nodes; will retry.", error = %e);
-            shared.requeue_announcement(&payload);
-            tokio::time::sleep(RETRY_MIN).await;
+        match sent.await {
+            Ok(_) => backoff = RETRY_MIN,
+            Err(e) => {
+                tracing::warn!(message = "Could not notify the other nodes; will retry.", error = %e, retry_in_ms = backoff.as_millis() as u64);
+                shared.requeue_announcement(&payload);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
         }
     }
 }

@@ -28,6 +28,12 @@ mod schema;
 
 pub use rows::glob_to_like;
 
+/// The advisory-lock key the timers of a schema run under (for operators and tests: holding it
+/// from elsewhere pauses every node's timers).
+pub fn timer_lock_key(schema: &str) -> i64 {
+    schema::lock_key("timers", schema)
+}
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -770,7 +776,7 @@ impl Store for PgStore {
             .map_err(|_| StoreError::Internal("due cache poisoned".into()))?;
         due.read_at = Some(now);
         due.next = pass.next_due;
-        if pass.ran_retention {
+        if pass.retention_handled {
             due.retention_at = if pass.more_retention {
                 now
             } else {
