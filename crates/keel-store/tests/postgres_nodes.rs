@@ -165,3 +165,56 @@ async fn timers_run_on_one_node_at_a_time_and_move_when_it_is_gone() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_on_a_new_schema_migrate_it_once() {
+    let Some(pg) = PgHarness::new().await else {
+        return;
+    };
+    // Four nodes open a schema that does not exist yet, all at once.
+    let opens = (0..4).map(|_| PgStore::open(pg.config(), T0));
+    let stores: Vec<PgStore> = futures_join_all(opens).await;
+    stores[0].enqueue(vec![job("q")], T0).await.unwrap();
+    assert_eq!(
+        stores[3]
+            .lease(lease_req(&["q"], 1), T0)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let (client, conn) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let applied: Vec<i64> = client
+        .query(
+            &format!(
+                "SELECT version FROM {}.schema_migrations ORDER BY version",
+                pg.schema
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(applied, [1], "each migration recorded once");
+}
+
+/// Opens every store concurrently (each on its own task) and waits for all of them.
+async fn futures_join_all(
+    opens: impl Iterator<
+        Item = impl std::future::Future<Output = Result<PgStore, keel_store::StoreError>>
+               + Send
+               + 'static,
+    >,
+) -> Vec<PgStore> {
+    let tasks: Vec<_> = opens.map(tokio::spawn).collect();
+    let mut out = vec![];
+    for t in tasks {
+        out.push(t.await.unwrap().unwrap());
+    }
+    out
+}
