@@ -11,6 +11,8 @@
 //!   only heartbeats between): no stale lease ever decided an outcome;
 //! - the jobs table equals the fold of the events.
 //!
+//! It runs on SQLite, and on PostgreSQL when `KEEL_TEST_DATABASE_URL` is set (the keel process
+//! is killed; the database stays up and must never see a broken promise either).
 //! `KEEL_TORTURE_KILLS` sets the number of crashes (default 20); `KEEL_TORTURE_SEED` the seed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -172,8 +174,51 @@ async fn worker(
     }
 }
 
+/// Where the tortured server keeps its data.
+enum Backend {
+    Sqlite,
+    Postgres(keel_store::testing::PgHarness),
+}
+
+impl Backend {
+    fn start(&self, dir: &std::path::Path) -> Keel {
+        match self {
+            Backend::Sqlite => Keel::start(dir),
+            Backend::Postgres(pg) => Keel::start_with(
+                dir,
+                "127.0.0.1:0",
+                &["--database", &pg.url, "--database-schema", &pg.schema],
+            ),
+        }
+    }
+
+    async fn open(&self, dir: &std::path::Path) -> Box<dyn keel_store::Store> {
+        let t = keel_core::Time::from_millis(0);
+        match self {
+            Backend::Sqlite => Box::new(
+                keel_store::SqliteStore::open(keel_store::SqliteConfig::new(dir), t).unwrap(),
+            ),
+            Backend::Postgres(pg) => {
+                Box::new(keel_store::PgStore::open(pg.config(), t).await.unwrap())
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_again_and_again_under_mixed_load_breaks_no_promise() {
+    torture(&Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_again_and_again_on_postgres_breaks_no_promise() {
+    let Some(pg) = keel_store::testing::PgHarness::new().await else {
+        return;
+    };
+    torture(&Backend::Postgres(pg)).await;
+}
+
+async fn torture(backend: &Backend) {
     let kills: u64 = std::env::var("KEEL_TORTURE_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -192,7 +237,7 @@ async fn kill_9_again_and_again_under_mixed_load_breaks_no_promise() {
     let dir = tempfile::tempdir().unwrap();
     let log: Arc<Mutex<Log>> = Arc::default();
     for round in 0..kills {
-        let keel = Keel::start(dir.path());
+        let keel = backend.start(dir.path());
         let http = keel.http(Duration::from_secs(5));
         let base = keel.base.clone();
         // Keys left unanswered by the last crash are re-sent first: exactly once, or created now.
@@ -235,7 +280,7 @@ async fn kill_9_again_and_again_under_mixed_load_breaks_no_promise() {
     }
 
     // Recovery: restart, re-send what is still unanswered, let every lease expire.
-    let keel = Keel::start(dir.path());
+    let keel = backend.start(dir.path());
     let http = keel.http(Duration::from_secs(10));
     let base = keel.base.clone();
     let retry: Vec<String> = log.lock().unwrap().unanswered.iter().cloned().collect();
@@ -256,12 +301,8 @@ async fn kill_9_again_and_again_under_mixed_load_breaks_no_promise() {
 
     // The offline check of the data dir against the log.
     let log = std::mem::take(&mut *log.lock().unwrap());
-    let store = keel_store::SqliteStore::open(
-        keel_store::SqliteConfig::new(dir.path()),
-        keel_core::Time::from_millis(0),
-    )
-    .unwrap();
-    let store: &dyn keel_store::Store = &store;
+    let store = backend.open(dir.path()).await;
+    let store: &dyn keel_store::Store = &*store;
     let mut jobs = BTreeMap::new();
     let mut after = None;
     loop {
