@@ -218,3 +218,42 @@ async fn futures_join_all(
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueues_written_together_each_get_their_own_jobs() {
+    let Some(pg) = PgHarness::new().await else {
+        return;
+    };
+    let store = Arc::new(PgStore::open(pg.config(), T0).await.unwrap());
+    let tasks: Vec<_> = (0..400)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut j = job("grouped");
+                j.payload = keel_core::Json::from_value(&serde_json::json!({"n": n}));
+                let out = store.enqueue(vec![j.clone(), j], T0).await.unwrap();
+                (n, out)
+            })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        let (n, out) = t.await.unwrap();
+        assert_eq!(out.len(), 2);
+        for e in out {
+            assert_eq!(
+                e.job.payload.get(),
+                format!("{{\"n\":{n}}}"),
+                "a caller got another caller's job"
+            );
+            assert_eq!(
+                store.get_job(e.job.id).await.unwrap().as_ref(),
+                Some(&e.job)
+            );
+            assert!(ids.insert(e.job.id));
+        }
+    }
+    let q = store.queue("grouped", T0).await.unwrap().unwrap();
+    assert_eq!(q.counts.available, 800);
+    assert!(store.verify().await.unwrap().mismatched.is_empty());
+}

@@ -36,13 +36,6 @@ pub(super) async fn enqueue_call(
     now: Time,
 ) -> Result<Vec<Enqueued>, PgError> {
     let mut w = Writes::default();
-    if keys_of(jobs).next().is_none() {
-        // Nothing to look up: one statement writes the jobs, their events and the notification,
-        // atomic on its own, so no transaction (and its two round trips) is needed.
-        let out = enqueue(&*c, sh, &mut w, jobs, now).await?;
-        w.commit_alone(c, sh).await?;
-        return Ok(out);
-    }
     let tx = c.transaction().await?;
     let out = enqueue(&tx, sh, &mut w, jobs, now).await?;
     w.commit(tx, sh).await?;

@@ -21,6 +21,7 @@
 //!   time budget; the pool opens new connections when the server is back.
 
 mod admin;
+mod combine;
 mod jobs;
 mod listen;
 mod rows;
@@ -369,7 +370,9 @@ pub struct PgStore {
     call_timeout: Duration,
     closed: AtomicBool,
     signal: watch::Receiver<u64>,
-    /// The listener and the notifier.
+    /// Enqueues without idempotency keys, to be written in groups (`combine.rs`).
+    combiner: tokio::sync::mpsc::UnboundedSender<combine::Call>,
+    /// The listener, the notifier and the combiners.
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -431,13 +434,17 @@ impl PgStore {
         });
         let listener = tokio::spawn(listen::run(pg, shared.clone()));
         let notifier = tokio::spawn(listen::notify(pool.clone(), shared.clone()));
+        let (combiner, mut background) =
+            combine::start(pool.clone(), shared.clone(), config.call_timeout);
+        background.extend([listener, notifier]);
         Ok(PgStore {
             pool,
             shared,
             call_timeout: config.call_timeout,
             closed: AtomicBool::new(false),
             signal,
-            background: Mutex::new(vec![listener, notifier]),
+            combiner,
+            background: Mutex::new(background),
         })
     }
 
@@ -471,6 +478,16 @@ impl PgStore {
 #[async_trait]
 impl Store for PgStore {
     async fn enqueue(&self, jobs: Vec<NewJob>, now: Time) -> Result<Vec<Enqueued>, StoreError> {
+        if crate::rules::keys_of(&jobs).next().is_none() && !self.closed.load(Ordering::Acquire) {
+            // Nothing to look up: written together with whatever else is waiting.
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            if self.combiner.send((jobs, now, reply)).is_ok() {
+                return answer.await.unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable("the store is closed".into()))
+                });
+            }
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
         call!(self, |c, sh| jobs::enqueue_call(&mut c, sh, &jobs, now))
     }
 
