@@ -306,11 +306,17 @@ impl PgError {
 /// is a bug or a broken schema (`Internal`).
 pub(crate) fn db_error(e: &tokio_postgres::Error) -> StoreError {
     let Some(db) = e.as_db_error() else {
-        let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
+        let source = std::error::Error::source(e);
+        let io = source.is_some_and(|s| s.is::<std::io::Error>());
+        // "error connecting to server" says little without its cause ("Connection refused").
+        let text = match source {
+            Some(s) => format!("PostgreSQL: {e}: {s}"),
+            None => format!("PostgreSQL: {e}"),
+        };
         return if e.is_closed() || io {
-            StoreError::Unavailable(format!("PostgreSQL: {e}"))
+            StoreError::Unavailable(text)
         } else {
-            StoreError::Internal(format!("PostgreSQL: {e}"))
+            StoreError::Internal(text)
         };
     };
     let code = db.code().code();

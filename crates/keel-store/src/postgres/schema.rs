@@ -34,10 +34,11 @@ pub(super) fn connect_config(config: &PgConfig) -> Result<tokio_postgres::Config
 }
 
 /// Schema names go into SQL text (`CREATE SCHEMA`, `search_path`), so only plain identifiers
-/// are accepted.
+/// are accepted; at most 58 characters, so the notification channel `keel_<schema>` stays within
+/// PostgreSQL's 63-character identifiers.
 fn check_schema_name(name: &str) -> Result<(), StoreError> {
     let ok = !name.is_empty()
-        && name.len() <= 63
+        && name.len() <= 58
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && name
             .chars()
@@ -46,7 +47,7 @@ fn check_schema_name(name: &str) -> Result<(), StoreError> {
         Ok(())
     } else {
         Err(StoreError::Unavailable(format!(
-            "schema name {name:?} must be a lowercase identifier ([a-z_][a-z0-9_]*, at most 63 characters)"
+            "schema name {name:?} must be a lowercase identifier ([a-z_][a-z0-9_]*, at most 58 characters)"
         )))
     }
 }
@@ -118,4 +119,19 @@ pub(super) async fn check_writable(client: &tokio_postgres::Client) -> Result<()
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_schema_name;
+
+    #[test]
+    fn schema_names_are_plain_identifiers_short_enough_for_the_channel() {
+        for ok in ["public", "keel", "_x1", &"a".repeat(58)] {
+            assert!(check_schema_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Keel", "1abc", "a-b", "a;drop", "a b", &"a".repeat(59)] {
+            assert!(check_schema_name(bad).is_err(), "{bad}");
+        }
+    }
 }
