@@ -257,3 +257,37 @@ async fn concurrent_enqueues_written_together_each_get_their_own_jobs() {
     assert_eq!(q.counts.available, 800);
     assert!(store.verify().await.unwrap().mismatched.is_empty());
 }
+
+/// A refused command locks its job's row until its transaction ends; the refusal must not reach
+/// the caller before the rollback does, or the caller's next lease (on another connection) skips
+/// the still-locked job. The race is timing-dependent (it failed the scoped-commands conformance
+/// case once under CI load); this loop catches it only when the timing goes wrong, so it guards
+/// rather than proves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_command_leaves_no_lock_behind() {
+    let Some(pg) = PgHarness::new().await else {
+        return;
+    };
+    let store = PgStore::open(pg.config(), T0).await.unwrap();
+    let elsewhere = Scope::from_patterns(Some(vec!["other.*".into()]));
+    for round in 0..100 {
+        let id = store.enqueue(vec![job("locks")], T0).await.unwrap()[0]
+            .job
+            .id;
+        assert!(matches!(
+            store.cancel(id, elsewhere.clone(), T0).await,
+            Err(keel_store::StoreError::NotFound)
+        ));
+        let got = store.lease(lease_req(&["locks"], 1), T0).await.unwrap();
+        assert_eq!(
+            got.len(),
+            1,
+            "round {round}: the job was still locked by a refused cancel"
+        );
+        let outcomes = got.iter().map(|l| complete(l.job.id, &l.token)).collect();
+        store
+            .record_outcomes(outcomes, Scope::All, T0)
+            .await
+            .unwrap();
+    }
+}

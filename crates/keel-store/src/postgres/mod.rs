@@ -356,8 +356,18 @@ macro_rules! call {
                 let $sh: &Shared = &store.shared;
                 match $body.await {
                     Ok(v) => break Ok(v),
-                    Err(e) if e.retryable() && tries < 5 => tries += 1,
-                    Err(e) => break Err(e.into_store()),
+                    Err(e) => {
+                        // A failed call dropped its transaction, which queued a ROLLBACK on this
+                        // connection. Wait for it, so the call's row locks are gone before anyone
+                        // hears of the failure (else a lease on another connection could skip a
+                        // job still locked by a refused command).
+                        let _ = $c.batch_execute("").await;
+                        if e.retryable() && tries < 5 {
+                            tries += 1;
+                        } else {
+                            break Err(e.into_store());
+                        }
+                    }
                 }
             }
         };
