@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 
-use keel_core::{Command, Failure, NewJob, ScheduleSpec, Time, schedule::Firing};
+use keel_core::{Command, Failure, Job, NewJob, ScheduleSpec, State, Time, schedule::Firing};
 use uuid::Uuid;
 
 use crate::StoreError;
-use crate::types::{Enqueued, OutcomeKind, RunOutcome, ScheduleRun};
+use crate::types::{Enqueued, OutcomeKind, ReplayFilter, RunOutcome, ScheduleRun};
 
 /// What an enqueue does with one item, decided for the whole batch before anything is written,
 /// so a conflict anywhere writes nothing.
@@ -21,6 +21,52 @@ pub(crate) enum Plan {
     Replay { id: Uuid, fingerprint: String },
     /// Same key and request as an earlier item of this batch.
     SameAs(usize),
+}
+
+/// What a planned item comes to once the store has looked up a replay's original job.
+pub(crate) enum Resolved {
+    /// Answer with an existing job (an earlier item of the batch, or the key's original).
+    Answer(Box<Enqueued>),
+    /// Create a new job; `stale_key`: the key's row names a job that is gone and must be
+    /// replaced.
+    Create {
+        fingerprint: Option<String>,
+        stale_key: bool,
+    },
+}
+
+impl Plan {
+    /// The job whose existence decides this item (a replay's original), for the store to load.
+    pub(crate) fn original(&self) -> Option<Uuid> {
+        match self {
+            Plan::Replay { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// Resolves the item given the batch's answers so far and the loaded `original`.
+    pub(crate) fn resolve(self, earlier: &[Enqueued], original: Option<&Job>) -> Resolved {
+        match self {
+            Plan::SameAs(i) => Resolved::Answer(Box::new(Enqueued {
+                job: earlier[i].job.clone(),
+                replayed: true,
+            })),
+            Plan::Replay { fingerprint, .. } => match original {
+                Some(job) => Resolved::Answer(Box::new(Enqueued {
+                    job: job.clone(),
+                    replayed: true,
+                })),
+                None => Resolved::Create {
+                    fingerprint: Some(fingerprint),
+                    stale_key: true,
+                },
+            },
+            Plan::Create(fingerprint) => Resolved::Create {
+                fingerprint,
+                stale_key: false,
+            },
+        }
+    }
 }
 
 /// The live keys a batch names, as `(queue, key) → (job id, fingerprint)`.
@@ -162,6 +208,41 @@ impl SplitMix64 {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
+}
+
+/// Jobs per transaction of a replay or purge, so one large operation never holds a writer (or
+/// row locks) for long.
+pub(crate) const BULK_CHUNK: usize = 1_000;
+
+/// Runs `chunk(n)` (which moves up to `n` jobs, one transaction, and returns how many it moved)
+/// until `limit` jobs are moved or a chunk comes back short; returns the total.
+pub(crate) async fn in_chunks<F, Fut>(limit: usize, mut chunk: F) -> Result<u64, StoreError>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StoreError>>,
+{
+    let mut total = 0u64;
+    let mut left = limit;
+    while left > 0 {
+        let want = left.min(BULK_CHUNK);
+        let n = chunk(want).await?;
+        total += n;
+        left -= want;
+        if (n as usize) < want {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// The audit data of a replay of `filter` that moved `replayed` jobs.
+pub(crate) fn replay_audit(filter: &ReplayFilter, replayed: u64) -> serde_json::Value {
+    serde_json::json!({"state": filter.state, "kind": filter.kind, "limit": filter.limit, "replayed": replayed})
+}
+
+/// The audit data of a purge of `state` that deleted `purged` jobs.
+pub(crate) fn purge_audit(state: State, purged: u64) -> serde_json::Value {
+    serde_json::json!({"state": state, "purged": purged})
 }
 
 /// The run record of ticks a firing skipped under its catch-up rule, if any.

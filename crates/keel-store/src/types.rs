@@ -80,6 +80,19 @@ pub struct JobPage {
     pub next: Option<Uuid>,
 }
 
+impl JobPage {
+    /// A page from up to `limit + 1` rows read: the extra row only says another page follows.
+    pub(crate) fn from_overfetched(mut jobs: Vec<Job>, limit: usize) -> JobPage {
+        let next = if jobs.len() > limit {
+            jobs.truncate(limit);
+            jobs.last().map(|j| j.id)
+        } else {
+            None
+        };
+        JobPage { jobs, next }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
     pub scheduled: u64,

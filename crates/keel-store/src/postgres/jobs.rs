@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::rows::{JOB_COLUMNS, Writes, execute, jobs_from_rows, lock_jobs, query};
 use super::{CachedQueue, PgError, Shared};
 use crate::StoreError;
-use crate::rules::{LiveKeys, Plan, keys_of, plan_enqueue};
+use crate::rules::{LiveKeys, Plan, Resolved, keys_of, plan_enqueue};
 use crate::types::{Enqueued, LeaseRequest, LeasedJob, Outcome, ReplayFilter, SCHEDULE_RUNS_KEPT};
 
 /// Jobs promoted or expired in one timer pass at most, so a backlog cannot hold one
@@ -72,13 +72,7 @@ pub(super) async fn enqueue(
         }
     }
     let plans = plan_enqueue(jobs, &live)?;
-    let replays: Vec<Uuid> = plans
-        .iter()
-        .filter_map(|p| match p {
-            Plan::Replay { id, .. } => Some(*id),
-            _ => None,
-        })
-        .collect();
+    let replays: Vec<Uuid> = plans.iter().filter_map(Plan::original).collect();
     let mut originals: HashMap<Uuid, Job> = HashMap::new();
     if !replays.is_empty() {
         let rows = query(
@@ -95,33 +89,23 @@ pub(super) async fn enqueue(
     let mut freed: (Vec<&str>, Vec<&str>) = Default::default();
     let mut taken: (Vec<&str>, Vec<&str>, Vec<Uuid>, Vec<String>) = Default::default();
     for (new, plan) in jobs.iter().zip(plans) {
-        let fingerprint = match plan {
-            Plan::SameAs(i) => {
-                let job = out[i].job.clone();
-                out.push(Enqueued {
-                    job,
-                    replayed: true,
-                });
+        let original = plan.original().and_then(|id| originals.get(&id));
+        let fingerprint = match plan.resolve(&out, original) {
+            Resolved::Answer(e) => {
+                out.push(*e);
                 continue;
             }
-            Plan::Replay { id, fingerprint } => match originals.get(&id) {
-                Some(job) => {
-                    out.push(Enqueued {
-                        job: job.clone(),
-                        replayed: true,
-                    });
-                    continue;
-                }
-                None => {
+            Resolved::Create {
+                fingerprint,
+                stale_key,
+            } => {
+                if let (true, Some(key)) = (stale_key, new.idempotency_key.as_deref()) {
                     // The original is gone: its key is free again.
-                    if let Some(key) = new.idempotency_key.as_deref() {
-                        freed.0.push(&new.queue);
-                        freed.1.push(key);
-                    }
-                    Some(fingerprint)
+                    freed.0.push(&new.queue);
+                    freed.1.push(key);
                 }
-            },
-            Plan::Create(fingerprint) => fingerprint,
+                fingerprint
+            }
         };
         let config = configs.get(&new.queue).unwrap_or(&sh.defaults);
         let job = new.clone().into_job(sh.next_id(now)?, config, now);

@@ -392,9 +392,6 @@ pub struct PgStore {
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
-/// Replay and purge work in chunks of this many jobs, one transaction each.
-const CHUNK: usize = 1_000;
-
 impl PgStore {
     /// Connects, applies migrations (under an advisory lock, so nodes starting together take
     /// turns) and starts the listener. Fails with `Unavailable` when the server cannot be reached.
@@ -613,20 +610,16 @@ impl Store for PgStore {
         actor: &Actor,
         now: Time,
     ) -> Result<u64, StoreError> {
-        let mut total = 0u64;
-        let mut left = filter.limit;
-        while left > 0 {
-            let chunk = left.min(CHUNK);
-            let n = call!(self, |c, sh| jobs::replay_chunk(
-                &mut c, sh, queue, &filter, chunk, now
-            ))?;
-            total += n;
-            left -= chunk;
-            if (n as usize) < chunk {
-                break;
+        let total = crate::rules::in_chunks(filter.limit, |n| {
+            let filter = &filter;
+            async move {
+                call!(self, |c, sh| jobs::replay_chunk(
+                    &mut c, sh, queue, filter, n, now
+                ))
             }
-        }
-        let data = serde_json::json!({"state": filter.state, "kind": filter.kind, "limit": filter.limit, "replayed": total});
+        })
+        .await?;
+        let data = crate::rules::replay_audit(&filter, total);
         self.audit_after(actor, "queue.replayed", queue, data, now)
             .await?;
         Ok(total)
@@ -639,17 +632,13 @@ impl Store for PgStore {
         actor: &Actor,
         now: Time,
     ) -> Result<u64, StoreError> {
-        let mut total = 0u64;
-        loop {
-            let n = call!(self, |c, sh| jobs::purge_chunk(
-                &mut c, sh, queue, state, CHUNK, now
-            ))?;
-            total += n;
-            if (n as usize) < CHUNK {
-                break;
-            }
-        }
-        let data = serde_json::json!({"state": state, "purged": total});
+        let total = crate::rules::in_chunks(usize::MAX, |n| async move {
+            call!(self, |c, sh| jobs::purge_chunk(
+                &mut c, sh, queue, state, n, now
+            ))
+        })
+        .await?;
+        let data = crate::rules::purge_audit(state, total);
         self.audit_after(actor, "queue.purged", queue, data, now)
             .await?;
         Ok(total)

@@ -481,14 +481,8 @@ pub(super) async fn list_jobs(
             ],
         )
         .await?;
-    let mut jobs = jobs_from_rows(&rows)?;
-    let next = if jobs.len() > limit {
-        jobs.truncate(limit);
-        jobs.last().map(|j| j.id)
-    } else {
-        None
-    };
-    Ok(JobPage { jobs, next })
+    let jobs = jobs_from_rows(&rows)?;
+    Ok(JobPage::from_overfetched(jobs, limit))
 }
 
 pub(super) async fn events_of(c: &impl GenericClient, id: Uuid) -> Result<Vec<Event>, PgError> {

@@ -67,10 +67,6 @@ pub struct SqliteStore {
     healthy: Arc<AtomicBool>,
 }
 
-/// Jobs handled per writer request by replay and purge, so one large operation does not hold
-/// the writer for long; the store loops until done.
-const CHUNK: usize = 1_000;
-
 impl SqliteStore {
     /// Opens (creating if needed) the store in `config.data_dir`, migrates it and starts the writer.
     pub fn open(config: SqliteConfig, now: Time) -> Result<SqliteStore, StoreError> {
@@ -291,7 +287,7 @@ impl Store for SqliteStore {
 
     async fn list_jobs(&self, filter: JobFilter) -> Result<JobPage, StoreError> {
         let limit = filter.limit.max(1);
-        let mut jobs = self
+        let jobs = self
             .read(move |conn| {
                 // A scope becomes `queue GLOB ?` terms: its patterns use only name characters and
                 // `*`, for which SQLite's GLOB and `keel_core::access::glob_match` agree.
@@ -325,13 +321,7 @@ impl Store for SqliteStore {
                 rows.collect::<rusqlite::Result<Vec<Job>>>()
             })
             .await?;
-        let next = if jobs.len() > limit {
-            jobs.truncate(limit);
-            jobs.last().map(|j| j.id)
-        } else {
-            None
-        };
-        Ok(JobPage { jobs, next })
+        Ok(JobPage::from_overfetched(jobs, limit))
     }
 
     async fn job_events(&self, id: Uuid) -> Result<Option<Vec<Event>>, StoreError> {
@@ -416,23 +406,16 @@ impl Store for SqliteStore {
         actor: &Actor,
         now: Time,
     ) -> Result<u64, StoreError> {
-        let mut total = 0u64;
-        let mut left = filter.limit;
-        while left > 0 {
+        let total = crate::rules::in_chunks(filter.limit, |n| {
             let chunk = ReplayFilter {
-                limit: left.min(CHUNK),
+                limit: n,
                 ..filter.clone()
             };
-            let want = chunk.limit;
             let q = queue.to_owned();
-            let n = self.run(move |w| w.replay(&q, &chunk, now)).await?;
-            total += n;
-            left -= want;
-            if (n as usize) < want {
-                break;
-            }
-        }
-        let data = serde_json::json!({"state": filter.state, "kind": filter.kind, "limit": filter.limit, "replayed": total});
+            self.run(move |w| w.replay(&q, &chunk, now))
+        })
+        .await?;
+        let data = crate::rules::replay_audit(&filter, total);
         self.audit_after(actor, "queue.replayed", queue, data, now)
             .await?;
         Ok(total)
@@ -445,16 +428,12 @@ impl Store for SqliteStore {
         actor: &Actor,
         now: Time,
     ) -> Result<u64, StoreError> {
-        let mut total = 0u64;
-        loop {
+        let total = crate::rules::in_chunks(usize::MAX, |n| {
             let q = queue.to_owned();
-            let n = self.run(move |w| w.purge(&q, state, CHUNK, now)).await?;
-            total += n;
-            if (n as usize) < CHUNK {
-                break;
-            }
-        }
-        let data = serde_json::json!({"state": state, "purged": total});
+            self.run(move |w| w.purge(&q, state, n, now))
+        })
+        .await?;
+        let data = crate::rules::purge_audit(state, total);
         self.audit_after(actor, "queue.purged", queue, data, now)
             .await?;
         Ok(total)

@@ -24,7 +24,7 @@ use super::index::{Entry, Index};
 use super::rows::{JOB_COLUMNS, insert_event, insert_job, job_from_row, update_job, uuid_col};
 use super::schedules::{self, ArmedSet, load_armed};
 use crate::StoreError;
-use crate::rules::{Ids, LiveKeys, Plan, keys_of, plan_enqueue};
+use crate::rules::{Ids, LiveKeys, Resolved, keys_of, plan_enqueue};
 use crate::types::{Enqueued, LeaseRequest, LeasedJob, Outcome, ReplayFilter, Tick};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -493,26 +493,17 @@ impl Writer {
         };
         let mut out: Vec<Enqueued> = Vec::with_capacity(jobs.len());
         for (new, plan) in jobs.into_iter().zip(plans) {
-            let fingerprint = match plan {
-                Plan::SameAs(i) => {
-                    let job = out[i].job.clone();
-                    out.push(Enqueued {
-                        job,
-                        replayed: true,
-                    });
+            let original = match plan.original() {
+                Some(id) => self.load(id)?,
+                None => None,
+            };
+            // A stale key row is replaced below (INSERT OR REPLACE).
+            let fingerprint = match plan.resolve(&out, original.as_ref()) {
+                Resolved::Answer(e) => {
+                    out.push(*e);
                     continue;
                 }
-                Plan::Replay { id, fingerprint } => match self.load(id)? {
-                    Some(job) => {
-                        out.push(Enqueued {
-                            job,
-                            replayed: true,
-                        });
-                        continue;
-                    }
-                    None => Some(fingerprint),
-                },
-                Plan::Create(fingerprint) => fingerprint,
+                Resolved::Create { fingerprint, .. } => fingerprint,
             };
             let config = self.queue_config(&new.queue, now)?;
             let id = self.ids.next(now);
