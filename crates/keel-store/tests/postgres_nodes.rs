@@ -291,3 +291,47 @@ async fn a_refused_command_leaves_no_lock_behind() {
             .unwrap();
     }
 }
+
+/// keel acknowledges only durable writes: it refuses to start on a session whose commits
+/// return before the WAL flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_would_acknowledge_undurable_commits_is_refused() {
+    let Some(pg) = PgHarness::new().await else {
+        return;
+    };
+    let (admin, conn) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // A role whose sessions commit asynchronously but that may otherwise run keel (a
+    // cluster-wide object; idempotent).
+    admin
+        .batch_execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'keel_test_async') \
+             THEN CREATE ROLE keel_test_async LOGIN; END IF; END $$; \
+             ALTER ROLE keel_test_async SET synchronous_commit = off; \
+             DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO keel_test_async', current_database()); END $$;",
+        )
+        .await
+        .unwrap();
+    let mut config = pg.config();
+    let mut url: tokio_postgres::Config = pg.url.parse().unwrap();
+    url.user("keel_test_async");
+    // Rebuild the URL with the other role (the test server trusts local connections).
+    let host = match url.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    let port = url.get_ports().first().copied().unwrap_or(5432);
+    let db = url.get_dbname().unwrap_or("postgres").to_owned();
+    config.url = format!("postgres://keel_test_async@{host}:{port}/{db}");
+    match PgStore::open(config, T0).await {
+        Err(keel_store::StoreError::Unavailable(m)) => {
+            assert!(m.contains("synchronous_commit"), "{m}")
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => {
+            panic!("keel started on a database that acknowledges commits before they are durable")
+        }
+    }
+}

@@ -413,6 +413,9 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Internal(format!("building the connection pool: {e}")))?;
         let mut client = pool.get().await.map_err(pool_error)?;
+        schema::check_durable(&client)
+            .await
+            .map_err(PgError::into_store)?;
         schema::migrate(&mut client, &config.schema, now)
             .await
             .map_err(PgError::into_store)?;

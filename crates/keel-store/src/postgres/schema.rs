@@ -106,6 +106,25 @@ pub(super) async fn migrate(
     Ok(())
 }
 
+/// keel answers `2xx` only for durable writes, so it refuses a session whose commits return
+/// before the WAL is flushed (`synchronous_commit = off`, set for the server, database or
+/// role). `local`, `on` and the replica-waiting levels all flush locally first.
+pub(super) async fn check_durable(client: &tokio_postgres::Client) -> Result<(), PgError> {
+    let level: String = client
+        .query_one("SHOW synchronous_commit", &[])
+        .await?
+        .get(0);
+    if level == "off" {
+        return Err(PgError::Store(StoreError::Unavailable(
+            "PostgreSQL has synchronous_commit = off for this role or database: commits would be \
+             acknowledged before they are durable. Turn it on for keel's role \
+             (ALTER ROLE <role> SET synchronous_commit = on)"
+                .into(),
+        )));
+    }
+    Ok(())
+}
+
 /// Ready means this connection reaches a primary that takes writes (not a standby left behind
 /// by a failover).
 pub(super) async fn check_writable(client: &tokio_postgres::Client) -> Result<(), PgError> {
