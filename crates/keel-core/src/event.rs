@@ -139,6 +139,7 @@ pub fn apply(job: Option<Job>, data: &EventData, at: Time) -> Option<Job> {
             job.attempt = *attempt;
             job.lease = Some(Lease {
                 token_hash: token_hash.clone(),
+                leased_at: at,
                 expires_at: *expires_at,
                 worker: worker.clone(),
             });

@@ -121,6 +121,8 @@ pub struct JobError {
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct Lease {
     pub token_hash: String,
+    /// When this attempt began (the `leased` event's time): run time is measured from here.
+    pub leased_at: Time,
     pub expires_at: Time,
     pub worker: Option<String>,
 }
@@ -145,6 +147,9 @@ pub struct Job {
     pub tags: Vec<String>,
     pub last_error: Option<JobError>,
     pub result: Option<Json>,
+    /// The W3C trace context of the request that enqueued the job, handed on to whoever runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     #[serde(skip)]
     pub lease: Option<Lease>,
 }
@@ -162,6 +167,8 @@ pub struct NewJob {
     pub backoff: Option<Backoff>,
     pub idempotency_key: Option<String>,
     pub tags: Vec<String>,
+    /// A validated W3C `traceparent` (`validate::traceparent`).
+    pub traceparent: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -198,13 +205,15 @@ impl NewJob {
             kind: self.kind,
             payload: self.payload,
             idempotency_key: self.idempotency_key,
+            traceparent: self.traceparent,
             tags: self.tags,
         }
     }
 
     /// Identifies "the same request" for idempotency: a hash of every field as the client sent
     /// it (relative `delay_ms` stays relative), with the payload's object keys sorted so that
-    /// two serialisations of the same JSON agree.
+    /// two serialisations of the same JSON agree. `traceparent` is left out: a client's retry
+    /// from a new span is still the same request.
     pub fn fingerprint(&self) -> String {
         let payload: serde_json::Value =
             serde_json::from_str(self.payload.get()).unwrap_or(serde_json::Value::Null);

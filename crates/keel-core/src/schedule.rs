@@ -135,6 +135,7 @@ impl JobTemplate {
             backoff: self.backoff,
             idempotency_key: Some(tick_key(schedule, tick)),
             tags: self.tags.clone(),
+            traceparent: None,
         }
     }
 }

@@ -189,3 +189,64 @@ mod tests {
         assert_eq!(json_depth(&b"[".repeat(100)), 100);
     }
 }
+
+/// A W3C `traceparent` header (Trace Context level 1) in its canonical form, or `None` when it
+/// does not parse. Callers ignore a value that does not parse, as the recommendation asks of a
+/// receiver, rather than refusing the request. A later version's value is cut to the fields
+/// version 00 defines.
+pub fn traceparent(value: &str) -> Option<String> {
+    let value = value.trim_matches([' ', '\t']);
+    let head = value.get(..55)?;
+    let hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    let mut parts = head.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let shaped = version.len() == 2
+        && trace.len() == 32
+        && parent.len() == 16
+        && flags.len() == 2
+        && [version, trace, parent, flags].into_iter().all(hex);
+    let tail_ok = match (version, value.as_bytes().get(55)) {
+        (_, None) => true,
+        ("00", Some(_)) => false,
+        (_, Some(b)) => *b == b'-',
+    };
+    (shaped && version != "ff" && nonzero(trace) && nonzero(parent) && tail_ok)
+        .then(|| head.to_owned())
+}
+
+#[cfg(test)]
+mod traceparent_tests {
+    use super::traceparent;
+
+    const GOOD: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn accepts_the_canonical_form_and_cuts_later_versions() {
+        assert_eq!(traceparent(GOOD).as_deref(), Some(GOOD));
+        let v1 = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra";
+        assert_eq!(
+            traceparent(v1).as_deref(),
+            Some("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+    }
+
+    #[test]
+    fn refuses_what_the_recommendation_calls_invalid() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
+            "00-4bf92f3577b34da6a3ce929d0e0e47é-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(traceparent(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -81,6 +81,7 @@ fn new_job(max_attempts: u32, delay: i64) -> NewJob {
         backoff: None,
         idempotency_key: None,
         tags: vec![],
+        traceparent: None,
     }
 }
 

@@ -91,6 +91,13 @@ fn name_schema() -> Value {
 }
 
 /// 1–255 visible ASCII characters.
+/// The W3C `traceparent` header an enqueue may carry; one that does not parse is ignored.
+fn traceparent() -> Value {
+    json!({"name": "traceparent", "in": "header", "required": false,
+        "description": "W3C trace context, stored with the job(s) and handed on in leases and push deliveries; ignored when it does not parse.",
+        "schema": {"type": "string"}})
+}
+
 fn idempotency_key() -> Value {
     json!({ "type": "string", "pattern": "^[!-~]{1,255}$" })
 }
@@ -110,6 +117,7 @@ pub(crate) fn document() -> Value {
         "/v1/jobs": {
             "post": operation("enqueue", "Enqueue one job", vec![
                 json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": idempotency_key()}),
+                traceparent(),
             ], Some(json_body(r("EnqueueRequest"))), vec![
                 ("201", ok("Created; on disk before this answer.", r("Job"))),
                 ("200", ok("An identical earlier request with the same idempotency key: its job.", r("Job"))),
@@ -124,7 +132,7 @@ pub(crate) fn document() -> Value {
             ], None, vec![("200", ok("A page of jobs.", r("JobPage")))], Errs::Query),
         },
         "/v1/jobs/batch": {
-            "post": operation("enqueueBatch", "Enqueue up to 1,000 jobs, all or none", vec![],
+            "post": operation("enqueueBatch", "Enqueue up to 1,000 jobs, all or none", vec![traceparent()],
                 Some(json_body(json!({"type": "object", "required": ["jobs"], "additionalProperties": false,
                     "properties": {"jobs": {"type": "array", "minItems": 1, "maxItems": 1000, "items": r("EnqueueRequest")}}}))),
                 vec![("201", ok("Created (replays come back as their original job).", r("JobList")))], Errs::Body),
@@ -349,7 +357,8 @@ fn components() -> Value {
                     "max_attempts": {"type": "integer", "minimum": 1}, "timeout_ms": {"type": "integer"}, "backoff": r("Backoff"),
                     "run_at": r("Time"), "created_at": r("Time"), "updated_at": r("Time"), "finished_at": nullable(r("Time")),
                     "idempotency_key": nullable(json!({"type": "string"})), "tags": {"type": "array", "items": {"type": "string"}},
-                    "last_error": nullable(r("JobError")), "result": {}}},
+                    "last_error": nullable(r("JobError")), "result": {},
+                    "traceparent": {"type": "string", "description": "The W3C trace context the job was enqueued with; absent when none."}}},
             "LeasedJob": {"allOf": [r("Job"), {"type": "object", "required": ["lease"], "properties": {"lease": {
                 "type": "object", "required": ["token", "expires_at"], "properties": {"token": {"type": "string"}, "expires_at": r("Time")}}}}]},
             "JobList": {"type": "object", "required": ["jobs"], "properties": {"jobs": {"type": "array", "items": r("Job")}}},

@@ -464,6 +464,9 @@ impl Push {
                     .clone()
                     .unwrap_or_else(|| job.id.to_string()),
             );
+        if let Some(tp) = &job.traceparent {
+            req = req.header("traceparent", tp);
+        }
         for (name, value) in &target.headers {
             req = req.header(name, value);
         }

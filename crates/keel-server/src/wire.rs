@@ -163,6 +163,7 @@ impl EnqueueBody {
             backoff,
             idempotency_key: self.idempotency_key,
             tags,
+            traceparent: None,
         })
     }
 }

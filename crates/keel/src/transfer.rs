@@ -56,7 +56,7 @@ enum Record {
         paused: bool,
     },
     Job {
-        job: Job,
+        job: Box<Job>,
         lease: Option<Lease>,
     },
     Event {
@@ -188,7 +188,13 @@ async fn export_from(store: &dyn Store, out_path: &str, now: Time) -> anyhow::Re
         bar.inc(jobs.len() as u64);
         for mut job in jobs {
             let lease = job.lease.take();
-            line(&mut out, &Record::Job { job, lease })?;
+            line(
+                &mut out,
+                &Record::Job {
+                    job: Box::new(job),
+                    lease,
+                },
+            )?;
         }
     }
     bar.finish_and_clear();
@@ -299,7 +305,7 @@ async fn import_into(store: &dyn Store, from: &str, now: Time) -> anyhow::Result
             }
             Record::Job { mut job, lease } => {
                 job.lease = lease;
-                jobs.push(job);
+                jobs.push(*job);
                 if jobs.len() >= JOB_BATCH {
                     job_count += jobs.len() as u64;
                     store.import(std::mem::take(&mut jobs), vec![], now).await?;

@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keel_core::validate::check_name;
-use keel_core::{FieldError, State as JobState};
+use keel_core::{FieldError, NewJob, State as JobState};
 use keel_store::{JobFilter, StoreError};
 use serde_json::json;
 
@@ -46,7 +46,9 @@ pub(crate) async fn enqueue(
             _ => body.idempotency_key = Some(key),
         }
     }
-    let new = body.validate("", &st.config.limits, &mut errors);
+    let new = body
+        .validate("", &st.config.limits, &mut errors)
+        .map(|new| with_trace(new, &headers));
     let Some(new) = new.filter(|_| errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
@@ -115,6 +117,7 @@ pub(crate) async fn enqueue_batch(
         .into_iter()
         .enumerate()
         .filter_map(|(i, j)| j.validate(&format!("/jobs/{i}"), &st.config.limits, &mut errors))
+        .map(|new| with_trace(new, &headers))
         .collect();
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
@@ -286,4 +289,14 @@ pub(crate) async fn retry(
     let job = st.store.retry(id, caller.scope(), st.clock.now()).await?;
     tracing::info!(message = "Job retried.", job_id = %job.id, queue = %job.queue);
     Ok(Json(job).into_response())
+}
+
+/// Attaches the request's W3C `traceparent` to a job. A header that does not parse is ignored,
+/// as the Trace Context recommendation asks of a receiver, and the job carries none.
+fn with_trace(mut new: NewJob, headers: &HeaderMap) -> NewJob {
+    new.traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(keel_core::validate::traceparent);
+    new
 }

@@ -821,3 +821,75 @@ async fn a_rate_limited_push_queue_delivers_at_its_rate() {
         );
     }
 }
+
+/// Enqueues with a `traceparent` header and returns the answer's status and body.
+async fn enqueue_traced(s: &TestServer, path: &str, tp: &str, body: Value) -> (u16, Value) {
+    let res = s
+        .http
+        .post(s.url(path))
+        .header("traceparent", tp)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_context_travels_from_enqueue_to_the_worker_and_the_target() {
+    const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    const OTHER: &str = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01";
+    let (addr, seen) = target().await;
+    let s = keel().await;
+
+    // Pull: stored with the job, read back, and handed to the worker in the lease.
+    let body = json!({"queue": "traced", "kind": "k", "payload": {}, "idempotency_key": "t-1"});
+    let (status, job) = enqueue_traced(&s, "/v1/jobs", TP, body.clone()).await;
+    assert_eq!(status, 201, "{job}");
+    assert_eq!(job["traceparent"], TP);
+    // A client's retry from another span is the same request, and keeps the first context.
+    let (status, again) = enqueue_traced(&s, "/v1/jobs", OTHER, body).await;
+    assert_eq!((status, &again["id"]), (200, &job["id"]), "{again}");
+    assert_eq!(again["traceparent"], TP);
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(s.job(id).await["traceparent"], TP);
+    let leased = s.lease("traced", 1, 30_000).await;
+    assert_eq!(leased[0]["traceparent"], TP);
+
+    // A header that does not parse is ignored, as the recommendation asks: no context, no error.
+    let (status, plain) = enqueue_traced(
+        &s,
+        "/v1/jobs",
+        "00-not-a-trace-01",
+        json!({"queue": "traced", "kind": "k", "payload": {}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{plain}");
+    assert!(plain.get("traceparent").is_none(), "{plain}");
+
+    // Push: a batch's jobs all carry the header's context, and the target receives it.
+    push_queue(
+        &s,
+        "traced-push",
+        json!({"url": format!("http://{addr}/ok")}),
+    )
+    .await;
+    let (status, out) = enqueue_traced(
+        &s,
+        "/v1/jobs/batch",
+        TP,
+        json!({"jobs": [{"queue": "traced-push", "kind": "k", "payload": {"n": 1}}]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{out}");
+    let pushed = out["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let (done, _) = settled(&s, &pushed).await;
+    assert_eq!(done["state"], "completed");
+    let requests = seen.requests.lock().unwrap().clone();
+    let (_, headers, _) = requests
+        .iter()
+        .find(|(p, h, _)| p == "/ok" && h.get("keel-job-id") == Some(&pushed))
+        .unwrap();
+    assert_eq!(headers["traceparent"], TP);
+}

@@ -17,7 +17,8 @@ use crate::types::{JobFilter, JobPage};
 /// The select list every job read uses (JSON columns as text, byte for byte as stored).
 pub(super) const JOB_COLUMNS: &str = "id, queue, kind, payload::text, state, priority, attempt, max_attempts, \
     timeout_ms, backoff::text, run_at, created_at, updated_at, finished_at, idempotency_key, tags, \
-    last_error::text, result::text, lease_token_hash, lease_expires_at, lease_worker";
+    last_error::text, result::text, lease_token_hash, lease_expires_at, lease_worker, lease_leased_at, \
+    traceparent";
 
 fn bad(what: &str, e: impl std::fmt::Display) -> PgError {
     PgError::Store(StoreError::Internal(format!(
@@ -36,6 +37,7 @@ pub(super) fn job_from_row(row: &Row) -> Result<Job, PgError> {
     let result: Option<String> = row.try_get(17)?;
     let lease_hash: Option<String> = row.try_get(18)?;
     let lease_expires: Option<i64> = row.try_get(19)?;
+    let leased_at: Option<i64> = row.try_get(21)?;
     Ok(Job {
         id: row.try_get(0)?,
         queue: row.try_get(1)?,
@@ -57,9 +59,11 @@ pub(super) fn job_from_row(row: &Row) -> Result<Job, PgError> {
             .map(|t| serde_json::from_str::<JobError>(&t).map_err(|e| bad("last_error", e)))
             .transpose()?,
         result: result.map(|t| json_text(t, "result")).transpose()?,
+        traceparent: row.try_get(22)?,
         lease: match (lease_hash, lease_expires) {
             (Some(token_hash), Some(expires_at)) => Some(Lease {
                 token_hash,
+                leased_at: Time::from_millis(leased_at.unwrap_or(expires_at)),
                 expires_at: Time::from_millis(expires_at),
                 worker: row.try_get(20)?,
             }),
@@ -216,7 +220,7 @@ impl Writes {
         let i = &inserts;
         let u = &updates;
         let mut parts: Vec<String> = Vec::with_capacity(4);
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(37);
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(40);
         if !deletes.is_empty() {
             parts.push(format!(
                 "d AS (DELETE FROM jobs WHERE id = ANY(${}::uuid[]))",
@@ -228,14 +232,14 @@ impl Writes {
             parts.push(format!(
                 "i AS (INSERT INTO jobs (id, queue, kind, payload, state, priority, attempt, max_attempts, timeout_ms, \
                  backoff, run_at, created_at, updated_at, finished_at, idempotency_key, tags, last_error, result, \
-                 lease_token_hash, lease_expires_at, lease_worker) \
+                 lease_token_hash, lease_expires_at, lease_worker, lease_leased_at, traceparent) \
                  SELECT u.id, u.queue, u.kind, u.payload::json, u.state, u.priority, u.attempt, u.max_attempts, \
                  u.timeout_ms, u.backoff::json, u.run_at, u.created_at, u.updated_at, u.finished_at, u.key, \
                  ARRAY(SELECT json_array_elements_text(u.tags::json)), u.last_error::json, u.result::json, \
-                 u.lease_hash, u.lease_expires, u.lease_worker \
+                 u.lease_hash, u.lease_expires, u.lease_worker, u.leased_at, u.traceparent \
                  FROM unnest({}) AS u(id, queue, kind, payload, state, priority, attempt, max_attempts, timeout_ms, \
                  backoff, run_at, created_at, updated_at, finished_at, key, tags, last_error, result, lease_hash, \
-                 lease_expires, lease_worker))",
+                 lease_expires, lease_worker, leased_at, traceparent))",
                 placeholders(params.len(), INSERT_TYPES)
             ));
             params.extend_from_slice(&[
@@ -260,15 +264,18 @@ impl Writes {
                 &i.lease_hash,
                 &i.lease_expires,
                 &i.lease_worker,
+                &i.leased_at,
+                &i.traceparent,
             ]);
         }
         if !u.id.is_empty() {
             parts.push(format!(
                 "u AS (UPDATE jobs SET state = u.state, attempt = u.attempt, run_at = u.run_at, updated_at = u.updated_at, \
                  finished_at = u.finished_at, last_error = u.last_error::json, result = u.result::json, \
-                 lease_token_hash = u.lease_hash, lease_expires_at = u.lease_expires, lease_worker = u.lease_worker \
+                 lease_token_hash = u.lease_hash, lease_expires_at = u.lease_expires, lease_worker = u.lease_worker, \
+                 lease_leased_at = u.leased_at \
                  FROM unnest({}) AS u(id, state, attempt, run_at, updated_at, finished_at, last_error, result, \
-                 lease_hash, lease_expires, lease_worker) WHERE jobs.id = u.id)",
+                 lease_hash, lease_expires, lease_worker, leased_at) WHERE jobs.id = u.id)",
                 placeholders(params.len(), UPDATE_TYPES)
             ));
             params.extend_from_slice(&[
@@ -283,6 +290,7 @@ impl Writes {
                 &u.lease_hash,
                 &u.lease_expires,
                 &u.lease_worker,
+                &u.leased_at,
             ]);
         }
         if !ev.0.is_empty() {
@@ -338,9 +346,11 @@ impl Writes {
 const INSERT_TYPES: &[&str] = &[
     "uuid", "text", "text", "text", "text", "int", "int", "int", "bigint", "text", "bigint",
     "bigint", "bigint", "bigint", "text", "text", "text", "text", "text", "bigint", "text",
+    "bigint", "text",
 ];
 const UPDATE_TYPES: &[&str] = &[
     "uuid", "text", "int", "bigint", "bigint", "bigint", "text", "text", "text", "bigint", "text",
+    "bigint",
 ];
 const EVENT_TYPES: &[&str] = &["uuid", "bigint", "text", "text"];
 
@@ -378,6 +388,8 @@ struct Columns {
     lease_hash: Vec<Option<String>>,
     lease_expires: Vec<Option<i64>>,
     lease_worker: Vec<Option<String>>,
+    leased_at: Vec<Option<i64>>,
+    traceparent: Vec<Option<String>>,
 }
 
 impl Columns {
@@ -407,6 +419,8 @@ impl Columns {
         self.lease_expires
             .push(lease.map(|l| l.expires_at.as_millis()));
         self.lease_worker.push(lease.and_then(|l| l.worker.clone()));
+        self.leased_at.push(lease.map(|l| l.leased_at.as_millis()));
+        self.traceparent.push(j.traceparent.clone());
         Ok(())
     }
 }

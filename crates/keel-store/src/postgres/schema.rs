@@ -10,7 +10,10 @@ use super::{PgConfig, PgError};
 use crate::StoreError;
 
 /// Ordered migrations; a migration is never edited once released, only appended.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_initial.sql")),
+    (2, include_str!("migrations/0002_observability.sql")),
+];
 
 /// The connection settings: the URL, with keel's schema first on the search path.
 pub(super) fn connect_config(config: &PgConfig) -> Result<tokio_postgres::Config, StoreError> {

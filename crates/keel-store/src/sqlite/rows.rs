@@ -8,17 +8,17 @@ use uuid::Uuid;
 
 pub(crate) const JOB_COLUMNS: &str = "id, queue, kind, payload, state, priority, attempt, max_attempts, \
     timeout_ms, backoff, run_at, created_at, updated_at, finished_at, idempotency_key, tags, last_error, \
-    result, lease_token_hash, lease_expires_at, lease_worker";
+    result, lease_token_hash, lease_expires_at, lease_worker, lease_leased_at, traceparent";
 
 pub(crate) const INSERT_JOB: &str = "INSERT INTO jobs (id, queue, kind, payload, state, priority, attempt, \
     max_attempts, timeout_ms, backoff, run_at, created_at, updated_at, finished_at, idempotency_key, tags, \
-    last_error, result, lease_token_hash, lease_expires_at, lease_worker) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)";
+    last_error, result, lease_token_hash, lease_expires_at, lease_worker, lease_leased_at, traceparent) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)";
 
 /// Only the columns that can change after enqueue, so unchanged indexes are not rewritten.
 pub(crate) const UPDATE_JOB: &str = "UPDATE jobs SET state = ?2, attempt = ?3, run_at = ?4, updated_at = ?5, \
     finished_at = ?6, last_error = ?7, result = ?8, lease_token_hash = ?9, lease_expires_at = ?10, \
-    lease_worker = ?11 WHERE id = ?1";
+    lease_worker = ?11, lease_leased_at = ?12 WHERE id = ?1";
 
 fn conversion(col: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(col, Type::Text, Box::new(e))
@@ -55,6 +55,7 @@ pub(crate) fn job_from_row(row: &Row) -> rusqlite::Result<Job> {
     let last_error: Option<String> = row.get(16)?;
     let lease_hash: Option<String> = row.get(18)?;
     let lease_expires: Option<i64> = row.get(19)?;
+    let leased_at: Option<i64> = row.get(21)?;
     Ok(Job {
         id: uuid_col(row, 0)?,
         queue: row.get(1)?,
@@ -76,9 +77,11 @@ pub(crate) fn job_from_row(row: &Row) -> rusqlite::Result<Job> {
             .map(|t| serde_json::from_str::<JobError>(&t).map_err(|e| conversion(16, e)))
             .transpose()?,
         result: raw_col(row, 17)?,
+        traceparent: row.get(22)?,
         lease: match (lease_hash, lease_expires) {
             (Some(token_hash), Some(expires_at)) => Some(Lease {
                 token_hash,
+                leased_at: Time::from_millis(leased_at.unwrap_or(expires_at)),
                 expires_at: Time::from_millis(expires_at),
                 worker: row.get(20)?,
             }),
@@ -113,6 +116,8 @@ pub(crate) fn insert_job(conn: &rusqlite::Connection, job: &Job) -> rusqlite::Re
         lease.map(|l| &l.token_hash),
         lease.map(|l| l.expires_at.as_millis()),
         lease.and_then(|l| l.worker.as_ref()),
+        lease.map(|l| l.leased_at.as_millis()),
+        job.traceparent,
     ])?;
     Ok(())
 }
@@ -133,6 +138,7 @@ pub(crate) fn update_job(conn: &rusqlite::Connection, job: &Job) -> rusqlite::Re
         lease.map(|l| &l.token_hash),
         lease.map(|l| l.expires_at.as_millis()),
         lease.and_then(|l| l.worker.as_ref()),
+        lease.map(|l| l.leased_at.as_millis()),
     ])?;
     Ok(())
 }

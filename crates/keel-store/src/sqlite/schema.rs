@@ -8,6 +8,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_initial.sql")),
     (2, include_str!("migrations/0002_access.sql")),
     (3, include_str!("migrations/0003_schedules.sql")),
+    (4, include_str!("migrations/0004_observability.sql")),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, now_ms: i64) -> rusqlite::Result<()> {
