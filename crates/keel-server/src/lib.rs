@@ -11,6 +11,7 @@ mod dispatch;
 mod extract;
 mod limit;
 mod listen;
+mod metrics;
 mod openapi;
 mod problem;
 mod push;
@@ -130,7 +131,10 @@ pub async fn serve(
         push: push.clone(),
         stopping: stopping.clone(),
     };
+    // Installed before the first request, so every counted change lands in it.
+    metrics::recorder();
     let timers = tokio::spawn(dispatch::run_timers(store.clone(), clock, stopping.clone()));
+    let upkeep = tokio::spawn(metrics::upkeep());
     let deliveries = tokio::spawn(push.run(stopping.clone(), grace));
     let app = routes::router(state);
     let mut stopping_for_grace = stopping.clone();
@@ -152,6 +156,7 @@ pub async fn serve(
         }
     }
     stopper.abort();
+    upkeep.abort();
     let _ = deliveries.await;
     let _ = timers.await;
     if let Err(e) = store.close().await {

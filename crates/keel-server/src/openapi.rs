@@ -216,8 +216,9 @@ pub(crate) fn document() -> Value {
                 vec![("200", ok("How many.", json!({"type": "object", "required": ["purged"], "properties": {"purged": {"type": "integer", "minimum": 0}}})))], Errs::Body),
         },
         "/metrics": {
-            "get": operation("metrics", "Prometheus metrics (today: push breakers)", vec![], None,
-                vec![("200", json!({"description": "Prometheus text format 0.0.4.", "content": {"text/plain": {"schema": {"type": "string"}}}}))], Errs::Read),
+            "get": {"operationId": "metrics", "summary": "Prometheus metrics (docs/operations.md lists them)", "security": [],
+                "responses": {"200": {"description": "Prometheus text format 0.0.4.", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "429": {"$ref": "#/components/responses/Problem429"}}},
         },
         "/v1/targets": {
             "get": operation("listTargets", "Push origins and their circuit breakers (this node's view)", vec![], None,

@@ -10,6 +10,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 mod error;
+pub mod observe;
 pub mod postgres;
 mod rules;
 pub mod sqlite;

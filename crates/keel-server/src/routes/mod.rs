@@ -52,7 +52,6 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/queues/{name}/replay", post(queues::replay))
         .route("/v1/queues/{name}/purge", post(queues::purge))
         .route("/v1/targets", get(queues::targets))
-        .route("/metrics", get(queues::metrics))
         .route(
             "/v1/tokens",
             post(admin::create_token).get(admin::list_tokens),
@@ -85,6 +84,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/v1/openapi.json", get(health::openapi))
+        .route("/metrics", get(crate::metrics::scrape))
         .route_layer(from_fn_with_state(Budget::new(OPS_BUDGET), shed));
     Router::new()
         .merge(api)
@@ -92,6 +92,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(
             TraceLayer::new_for_http()

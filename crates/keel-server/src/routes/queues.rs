@@ -199,22 +199,3 @@ pub(crate) async fn targets(
     origins.retain(|o| o.queues().iter().any(|q| caller.sees(q)));
     Ok(Json(origins).into_response())
 }
-
-/// `GET /metrics`: Prometheus text format. Today it holds the push breakers (issue 6 adds the
-/// rest of DESIGN.md's list); it needs a token that may read queues.
-pub(crate) async fn metrics(
-    State(st): State<AppState>,
-    caller: Caller,
-) -> Result<Response, ApiError> {
-    caller.require(Need::ReadQueues)?;
-    let mut out = String::new();
-    st.push.render_metrics(&mut out);
-    Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response())
-}

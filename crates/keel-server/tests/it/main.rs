@@ -11,6 +11,7 @@ mod errors;
 mod fuzz;
 mod jobs;
 mod limits;
+mod metrics;
 mod openapi;
 mod push;
 mod queues;

@@ -72,6 +72,7 @@ async fn write_group(pool: &Pool, shared: &Shared, call_timeout: Duration, group
     let written = tokio::time::timeout(call_timeout, async {
         let c = pool.get().await.map_err(pool_error)?;
         let mut w = Writes::default();
+        w.calls = calls.len();
         let mut answers = Vec::with_capacity(calls.len());
         for (jobs, now) in &calls {
             answers.push(

@@ -3,6 +3,7 @@
 //! arrays), then announced with one `NOTIFY` in the same transaction.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use deadpool_postgres::{Client, GenericClient};
 use keel_core::{Event, EventData, Job, JobError, Json, Lease, State, Time};
@@ -12,6 +13,7 @@ use uuid::Uuid;
 
 use super::{PgError, Shared};
 use crate::StoreError;
+use crate::observe::{self, Tally};
 use crate::types::{JobFilter, JobPage};
 
 /// The select list every job read uses (JSON columns as text, byte for byte as stored).
@@ -119,7 +121,6 @@ enum RowOp {
 
 /// The changes of one transaction: events in the order they happened, the final row of each
 /// job touched, and what to announce.
-#[derive(Default)]
 pub(super) struct Writes {
     events: Vec<(Uuid, Time, EventData)>,
     order: Vec<Uuid>,
@@ -130,6 +131,25 @@ pub(super) struct Writes {
     pub(super) due: Option<Time>,
     /// A queue's settings or pause changed: every node forgets its cached queue settings.
     pub(super) queues_changed: bool,
+    /// How many store calls this transaction carries (more than one when grouped).
+    pub(super) calls: usize,
+    /// The job changes, reported after the commit (`observe.rs`).
+    tally: Tally,
+}
+
+impl Default for Writes {
+    fn default() -> Writes {
+        Writes {
+            events: Vec::new(),
+            order: Vec::new(),
+            rows: HashMap::new(),
+            wake: false,
+            due: None,
+            queues_changed: false,
+            calls: 1,
+            tally: Tally::default(),
+        }
+    }
 }
 
 impl Writes {
@@ -144,6 +164,7 @@ impl Writes {
         let Some(id) = before.or(after).map(|j| j.id) else {
             return;
         };
+        self.tally.note(before, after, &events, now);
         self.events.extend(events.into_iter().map(|e| (id, now, e)));
         let op = match (before, after) {
             (_, None) => Some(RowOp::Delete),
@@ -312,7 +333,9 @@ impl Writes {
         shared: &Shared,
     ) -> Result<(), PgError> {
         self.flush(&tx).await?;
+        let committing = Instant::now();
         tx.commit().await?;
+        observe::commit("postgres", self.calls, committing.elapsed());
         self.announce(shared);
         Ok(())
     }
@@ -320,7 +343,9 @@ impl Writes {
     /// Writes everything as one statement outside any transaction (atomic on its own), for a
     /// call whose reads needed no transaction, then announces what changed.
     pub(super) async fn commit_alone(mut self, c: &Client, shared: &Shared) -> Result<(), PgError> {
+        let committing = Instant::now();
         self.flush(c).await?;
+        observe::commit("postgres", self.calls, committing.elapsed());
         self.announce(shared);
         Ok(())
     }
@@ -329,7 +354,8 @@ impl Writes {
     /// nodes are told through the notifier (`listen.rs`). The notification is sent after the
     /// commit, not inside the transaction: `NOTIFY` takes a database-wide lock from commit until
     /// the commit's WAL flush ends, which would serialize every writing transaction's fsync.
-    fn announce(&self, shared: &Shared) {
+    fn announce(&mut self, shared: &Shared) {
+        self.tally.emit();
         if self.queues_changed {
             shared.forget_queues();
         }

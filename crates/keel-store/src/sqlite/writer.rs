@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
+use std::time::Instant;
 
 use keel_core::lease::token_hash;
 use keel_core::{
@@ -24,6 +25,7 @@ use super::index::{Entry, Index};
 use super::rows::{JOB_COLUMNS, insert_event, insert_job, job_from_row, update_job, uuid_col};
 use super::schedules::{self, ArmedSet, load_armed};
 use crate::StoreError;
+use crate::observe::{self, Tally};
 use crate::rules::{Ids, LiveKeys, Resolved, keys_of, plan_enqueue};
 use crate::types::{Enqueued, LeaseRequest, LeasedJob, Outcome, ReplayFilter, Tick};
 
@@ -134,6 +136,8 @@ pub(crate) struct Writer {
     fatal: Option<StoreError>,
     signal: watch::Sender<u64>,
     healthy: Arc<AtomicBool>,
+    /// The current group's job changes, reported once it commits (`observe.rs`).
+    tally: Tally,
 }
 
 impl Writer {
@@ -158,6 +162,7 @@ impl Writer {
             fatal: None,
             signal,
             healthy,
+            tally: Tally::default(),
         };
         writer.reload().map_err(|f| f.0)?;
         Ok(writer)
@@ -236,7 +241,8 @@ impl Writer {
 
     /// Applies one group in one transaction; returns true when asked to close.
     fn process(&mut self, group: Vec<Request>) -> bool {
-        let mut done: Vec<Done> = Vec::with_capacity(group.len());
+        let calls = group.len();
+        let mut done: Vec<Done> = Vec::with_capacity(calls);
         let mut close = false;
         self.wake = false;
         let due_before = self.next_due();
@@ -251,6 +257,7 @@ impl Writer {
             }
             done.push(self.handle(req));
         }
+        let committing = Instant::now();
         if self.fatal.is_none()
             && let Err(e) = self.conn.execute_batch("COMMIT")
         {
@@ -259,6 +266,8 @@ impl Writer {
         let fatal = self.fatal.take();
         match &fatal {
             None => {
+                observe::commit("sqlite", calls, committing.elapsed());
+                self.tally.emit();
                 // Only a commit that wrote rows proves the disk takes writes; an empty group (a
                 // tick with nothing due, a ping) commits even on a full disk.
                 if self.conn.total_changes() > changes_before {
@@ -270,6 +279,7 @@ impl Writer {
             }
             Some(e) => {
                 tracing::error!(message = "Write group failed; rolled back.", error = %e);
+                self.tally.clear();
                 self.healthy.store(false, Ordering::Relaxed);
                 let _ = self.conn.execute_batch("ROLLBACK");
                 if let Err(Fatal(e)) = self.reload() {
@@ -422,6 +432,7 @@ impl Writer {
         for ev in events {
             insert_event(&self.conn, id, now, ev)?;
         }
+        self.tally.note(before, after, events, now);
         match (before, after) {
             (None, Some(a)) => insert_job(&self.conn, a)?,
             (Some(_), Some(a)) => update_job(&self.conn, a)?,

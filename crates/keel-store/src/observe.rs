@@ -1,0 +1,174 @@
+//! Metrics of committed job changes, the same for every backend.
+//!
+//! Invariant: a change is counted once, and only after the transaction that wrote it committed.
+//! A backend notes each job change in a `Tally` while it writes (`Tally::note`, next to where it
+//! saves the row and its events) and calls `Tally::emit` after its `COMMIT` succeeded; a call that
+//! rolls back or is retried drops its tally instead. The counters are therefore the committed
+//! events, not the attempts to write them.
+//!
+//! Metrics go through the `metrics` facade: without a recorder installed (a library user, most
+//! tests) they cost a branch. Label values are bounded: at most `MAX_LABEL_VALUES` distinct queue
+//! names and as many kinds are kept per process, later ones are reported as `_other`, so a
+//! client inventing names cannot grow the metric set without bound. Job ids are never labels.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keel_core::{EventData, Job, Time};
+use metrics::SharedString;
+
+/// Distinct values kept per label (queue, kind) before the rest become `_other`.
+pub const MAX_LABEL_VALUES: usize = 500;
+const OTHER: &str = "_other";
+
+/// Names of the metrics this module emits; the server registers their help text and buckets.
+pub mod names {
+    pub const ENQUEUED: &str = "keel_jobs_enqueued_total";
+    pub const COMPLETED: &str = "keel_jobs_completed_total";
+    pub const FAILED: &str = "keel_jobs_failed_total";
+    pub const DEAD: &str = "keel_jobs_dead_total";
+    pub const QUEUE_WAIT: &str = "keel_job_queue_wait_seconds";
+    pub const RUN_TIME: &str = "keel_job_run_seconds";
+    pub const COMMIT: &str = "keel_store_commit_seconds";
+    pub const BATCH: &str = "keel_store_batch_size";
+}
+
+/// Interned, bounded label values.
+struct Labels {
+    queues: HashMap<String, SharedString>,
+    kinds: HashMap<String, SharedString>,
+}
+
+static LABELS: Mutex<Option<Labels>> = Mutex::new(None);
+
+fn bounded(map: &mut HashMap<String, SharedString>, value: &str) -> SharedString {
+    if let Some(v) = map.get(value) {
+        return v.clone();
+    }
+    if map.len() >= MAX_LABEL_VALUES {
+        return SharedString::const_str(OTHER);
+    }
+    let shared = SharedString::from(Arc::<str>::from(value));
+    map.insert(value.to_owned(), shared.clone());
+    shared
+}
+
+/// The label values of a job's queue and kind.
+fn labels(job: &Job) -> (SharedString, SharedString) {
+    let mut guard = LABELS.lock().unwrap_or_else(|e| e.into_inner());
+    let labels = guard.get_or_insert_with(|| Labels {
+        queues: HashMap::new(),
+        kinds: HashMap::new(),
+    });
+    (
+        bounded(&mut labels.queues, &job.queue),
+        bounded(&mut labels.kinds, &job.kind),
+    )
+}
+
+#[derive(Clone, Copy)]
+enum What {
+    Enqueued,
+    Completed,
+    /// A failed attempt: reported, or its lease expired.
+    Failed,
+    Dead,
+    /// Leased after waiting this long since it became due.
+    Waited(Duration),
+    /// An attempt ended (any outcome) after running this long.
+    Ran(Duration),
+}
+
+struct Seen {
+    queue: SharedString,
+    kind: SharedString,
+    what: What,
+}
+
+/// The changes of one transaction, waiting for its commit.
+#[derive(Default)]
+pub(crate) struct Tally {
+    seen: Vec<Seen>,
+}
+
+fn since(from: Time, to: Time) -> Duration {
+    Duration::from_millis(to.as_millis().saturating_sub(from.as_millis()).max(0) as u64)
+}
+
+impl Tally {
+    /// Notes one job change (`before` → `after` through `events`, at `now`).
+    pub(crate) fn note(
+        &mut self,
+        before: Option<&Job>,
+        after: Option<&Job>,
+        events: &[EventData],
+        now: Time,
+    ) {
+        let Some(job) = after.or(before) else {
+            return;
+        };
+        let mut labels = None;
+        for ev in events {
+            let what = match ev {
+                EventData::Enqueued { .. } => What::Enqueued,
+                EventData::Leased { .. } => match before {
+                    Some(b) => What::Waited(since(b.run_at, now)),
+                    None => continue,
+                },
+                EventData::Completed { .. } => What::Completed,
+                EventData::Failed { .. } | EventData::LeaseExpired { .. } => What::Failed,
+                EventData::Dead { .. } => What::Dead,
+                _ => continue,
+            };
+            let (queue, kind) = labels.get_or_insert_with(|| self::labels(job)).clone();
+            if let (What::Completed | What::Failed, Some(lease)) =
+                (what, before.and_then(|b| b.lease.as_ref()))
+            {
+                self.seen.push(Seen {
+                    queue: queue.clone(),
+                    kind: kind.clone(),
+                    what: What::Ran(since(lease.leased_at, now)),
+                });
+            }
+            self.seen.push(Seen { queue, kind, what });
+        }
+    }
+
+    /// Forgets what was noted (the transaction rolled back).
+    pub(crate) fn clear(&mut self) {
+        self.seen.clear();
+    }
+
+    /// Reports what was noted; call after the commit succeeded.
+    pub(crate) fn emit(&mut self) {
+        for s in self.seen.drain(..) {
+            let (q, k) = (s.queue, s.kind);
+            match s.what {
+                What::Enqueued => {
+                    metrics::counter!(names::ENQUEUED, "queue" => q, "kind" => k).increment(1)
+                }
+                What::Completed => {
+                    metrics::counter!(names::COMPLETED, "queue" => q, "kind" => k).increment(1)
+                }
+                What::Failed => {
+                    metrics::counter!(names::FAILED, "queue" => q, "kind" => k).increment(1)
+                }
+                What::Dead => {
+                    metrics::counter!(names::DEAD, "queue" => q, "kind" => k).increment(1)
+                }
+                What::Waited(d) => metrics::histogram!(names::QUEUE_WAIT, "queue" => q).record(d),
+                What::Ran(d) => {
+                    metrics::histogram!(names::RUN_TIME, "queue" => q, "kind" => k).record(d)
+                }
+            }
+        }
+    }
+}
+
+/// Reports one write transaction of `backend`: how many calls it carried and how long its
+/// commit took.
+pub(crate) fn commit(backend: &'static str, calls: usize, took: Duration) {
+    metrics::histogram!(names::COMMIT, "backend" => backend).record(took);
+    metrics::histogram!(names::BATCH, "backend" => backend).record(calls as f64);
+}
