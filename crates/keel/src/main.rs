@@ -1,5 +1,6 @@
 //! `keel`: the server (`keel serve`) and its command line client.
 
+mod backup;
 mod bench;
 mod commands;
 mod render;
@@ -67,6 +68,12 @@ enum Command {
     Export(transfer::ExportArgs),
     /// Load what `keel export` wrote into an empty store (SQLite or PostgreSQL).
     Import(transfer::ImportArgs),
+    /// Take a consistent snapshot of the SQLite store while the server runs.
+    Backup(backup::BackupArgs),
+    /// Restore a backup into an empty data dir, optionally rewound to an earlier moment.
+    Restore(backup::RestoreArgs),
+    /// Check a store or a backup: checksum, integrity, and every row against its events.
+    Verify(backup::VerifyArgs),
     /// Enqueue a job, or many from JSON lines on stdin.
     #[command(
         after_help = "Examples:\n  keel enqueue emails email.welcome '{\"to\": \"ada@example.com\"}'\n  keel enqueue emails email.welcome '{\"to\": \"ada@example.com\"}' --idempotency-key signup-42 --delay-ms 60000\n  cat jobs.jsonl | keel enqueue --stdin            # one enqueue body per line\n  echo '{\"payload\": {\"to\": \"ada@example.com\"}}' | keel enqueue --stdin emails email.welcome   # lines without queue/kind get these"
@@ -446,6 +453,9 @@ fn main() -> ExitCode {
         }
         Command::Export(args) => finish(runtime.block_on(transfer::export(args, &cli.data_dir))),
         Command::Import(args) => finish(runtime.block_on(transfer::import(args, &cli.data_dir))),
+        Command::Backup(args) => finish(backup::backup(args, &cli.data_dir)),
+        Command::Restore(args) => finish(runtime.block_on(backup::restore(args, &cli.data_dir))),
+        Command::Verify(args) => finish(runtime.block_on(backup::verify(args, &cli.data_dir))),
         Command::Bench(args) => {
             let local_token = cli.data_dir.join(keel_client::ADMIN_TOKEN_FILE);
             let token = cli.token.clone().or_else(|| {
@@ -511,6 +521,9 @@ async fn run(ctx: &Ctx, command: Command) -> commands::Outcome {
         | Command::Migrate(_)
         | Command::Export(_)
         | Command::Import(_)
+        | Command::Backup(_)
+        | Command::Restore(_)
+        | Command::Verify(_)
         | Command::Bench(_)
         | Command::Completions { .. } => Ok(exit::OK),
         Command::Enqueue(args) => commands::enqueue(ctx, args).await,

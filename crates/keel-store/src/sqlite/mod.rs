@@ -6,6 +6,7 @@
 //! acknowledged write sees it.
 
 mod access;
+pub mod backup;
 mod index;
 mod rows;
 mod schedules;
