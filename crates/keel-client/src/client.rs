@@ -600,6 +600,34 @@ impl Client {
         .map(|_| ())
     }
 
+    /// The server's metrics page (`GET /metrics`, Prometheus text format; docs/operations.md
+    /// lists the series). One attempt, no retries: a monitoring read should not wait.
+    pub async fn metrics_text(&self) -> Result<String, Error> {
+        let url = format!("{}/metrics", self.base);
+        let res = self
+            .http
+            .get(&url)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|source| Error::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let status = res.status();
+        if !status.is_success() {
+            decode::<Value>(res).await?;
+            return Err(Error::Decode {
+                status: status.as_u16(),
+                message: "GET /metrics failed".into(),
+            });
+        }
+        res.text().await.map_err(|e| Error::Decode {
+            status: status.as_u16(),
+            message: e.to_string(),
+        })
+    }
+
     /// Push origins with their circuit breakers (this server's view).
     pub async fn targets(&self) -> Result<Vec<TargetInfo>, Error> {
         self.get("/v1/targets").await

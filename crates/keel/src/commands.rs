@@ -20,7 +20,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn print_json(&self, value: &impl Serialize) {
+    pub(crate) fn print_json(&self, value: &impl Serialize) {
         match serde_json::to_string_pretty(value) {
             Ok(text) => println!("{text}"),
             Err(e) => eprintln!("keel: cannot encode the answer: {e}"),
@@ -362,7 +362,7 @@ pub async fn queues_ls(ctx: &Ctx) -> Outcome {
     Ok(exit::OK)
 }
 
-fn age(ms: i64) -> String {
+pub(crate) fn age(ms: i64) -> String {
     relative(Time::from_millis(0), Time::from_millis(ms))
         .trim_end_matches(" ago")
         .to_owned()

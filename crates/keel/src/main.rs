@@ -5,6 +5,7 @@ mod bench;
 mod commands;
 mod render;
 mod serve;
+mod status;
 mod transfer;
 
 use std::io::IsTerminal;
@@ -97,6 +98,15 @@ enum Command {
     /// Create, list, pause and delete schedules (cron or fixed-interval jobs).
     #[command(subcommand)]
     Schedules(SchedulesCmd),
+    /// One screen for humans: storage, queues (depths, oldest wait, rates) and breakers.
+    #[command(
+        after_help = "Examples:\n  keel status\n  keel status --interval-ms 5000     # rates over 5 s\n  keel status --interval-ms 0 --json  # no rates, no waiting\n\nRates are this server's, from two reads of /metrics (with several PostgreSQL nodes, ask each, or use Prometheus)."
+    )]
+    Status {
+        /// Time between the two metric reads the rates come from (0: no rates).
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
     /// Show push targets' origins and their circuit breakers.
     #[command(after_help = "Examples:\n  keel targets\n  keel targets --json")]
     Targets,
@@ -603,6 +613,9 @@ async fn run(ctx: &Ctx, command: Command) -> commands::Outcome {
         Command::Tokens(TokensCmd::Rm { id }) => commands::tokens_rm(ctx, id).await,
         Command::Audit { limit } => commands::audit(ctx, limit).await,
         Command::Targets => commands::targets(ctx).await,
+        Command::Status { interval_ms } => {
+            status::status(ctx, std::time::Duration::from_millis(interval_ms)).await
+        }
         Command::Schedules(SchedulesCmd::Set(args)) => commands::schedules_set(ctx, *args).await,
         Command::Schedules(SchedulesCmd::Ls) => commands::schedules_ls(ctx).await,
         Command::Schedules(SchedulesCmd::Show { name }) => {

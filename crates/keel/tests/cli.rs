@@ -274,6 +274,13 @@ fn every_subcommand_has_help_with_an_example_and_completions_exist() {
         vec!["schedules", "rm"],
         vec!["targets"],
         vec!["bench"],
+        vec!["status"],
+        vec!["backup"],
+        vec!["restore"],
+        vec!["verify"],
+        vec!["migrate"],
+        vec!["export"],
+        vec!["import"],
     ] {
         let mut full = args.clone();
         full.push("--help");
@@ -699,4 +706,60 @@ fn bench_spawns_a_server_and_reports_every_scenario_against_the_baseline() {
     // Push: keel delivered every job to the bench's own target, each with one request.
     assert_eq!(by["push"]["requests"], 300, "{}", by["push"]);
     assert!(by["push"]["skipped"].is_null());
+}
+
+#[test]
+fn status_shows_queues_with_depths_and_rates_on_one_screen() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = Keel::start(dir.path());
+    for n in 0..3 {
+        let out = keel(
+            &k,
+            &["enqueue", "status-q", "k", &format!("{{\"n\": {n}}}")],
+        );
+        assert_eq!(code(&out), 0, "{:?}", text(&out));
+    }
+    // Jobs arrive while status measures: its rate must see them.
+    let status = std::thread::spawn({
+        let (url, data_dir) = (k.base.clone(), k.data_dir.clone());
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_keel"))
+                .args(["status", "--json", "--interval-ms", "1500"])
+                .env("KEEL_URL", url)
+                .env("KEEL_DATA_DIR", data_dir)
+                .env_remove("KEEL_TOKEN")
+                .output()
+                .unwrap()
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for n in 0..6 {
+        let out = keel(
+            &k,
+            &["enqueue", "status-q", "k", &format!("{{\"m\": {n}}}")],
+        );
+        assert_eq!(code(&out), 0);
+    }
+    let out = status.join().unwrap();
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["store_up"], true);
+    let q = v["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "status-q")
+        .unwrap();
+    assert_eq!(q["counts"]["available"], 9);
+    let rate = q["rates"]["enqueued_per_s"].as_f64().unwrap();
+    assert!((1.0..=6.0 / 1.5 + 0.01).contains(&rate), "rate {rate}");
+
+    // The human form: one table with the queue, its depth and the rate columns.
+    let out = keel(&k, &["status", "--interval-ms", "0"]);
+    let (stdout, _) = text(&out);
+    assert_eq!(code(&out), 0);
+    assert!(stdout.contains("storage ok"), "{stdout}");
+    let row = stdout.lines().find(|l| l.starts_with("status-q")).unwrap();
+    assert!(row.split_whitespace().nth(2) == Some("9"), "{row}");
+    assert!(!stdout.contains("IN/S"), "no rates asked for: {stdout}");
 }
