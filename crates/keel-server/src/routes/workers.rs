@@ -187,7 +187,7 @@ async fn single_outcome(
     let job = results
         .pop()
         .unwrap_or(Err(StoreError::Internal("no outcome recorded".into())))?;
-    tracing::info!(message = "Outcome recorded.", job_id = %job.id, queue = %job.queue, state = %job.state, attempt = job.attempt);
+    tracing::info!(message = "Outcome recorded.", job_id = %job.id, queue = %job.queue, kind = %job.kind, state = %job.state, attempt = job.attempt);
     Ok(Json(job).into_response())
 }
 
