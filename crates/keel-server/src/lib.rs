@@ -18,6 +18,7 @@ mod push;
 mod routes;
 mod schemas;
 mod target;
+mod trace;
 mod wire;
 
 use std::future::Future;

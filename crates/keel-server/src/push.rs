@@ -26,6 +26,7 @@ use reqwest::Url;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::Clock;
 use crate::target::{Forbidden, check_url, http_client, origin, sign};
@@ -356,7 +357,12 @@ impl Push {
     async fn deliver(&self, leased: LeasedJob, target: &Target, origin: &str) {
         let job = &leased.job;
         let started = Instant::now();
-        let answer = self.attempt(job, target).await;
+        let span = tracing::info_span!("push.delivery", job_id = %job.id, queue = %job.queue, kind = %job.kind, attempt = job.attempt, origin = %origin);
+        crate::trace::adopt(&span, job.traceparent.as_deref());
+        let answer = self
+            .attempt(job, target, &span)
+            .instrument(span.clone())
+            .await;
         let duration_ms = started.elapsed().as_millis() as i64;
         let now = self.clock.now();
         let verdict = classify(answer, job, now);
@@ -440,7 +446,7 @@ impl Push {
 
     /// Sends one attempt and reads at most `MAX_RESULT_BYTES` of the answer, all within the
     /// target's time limit.
-    async fn attempt(&self, job: &Job, target: &Target) -> Answer {
+    async fn attempt(&self, job: &Job, target: &Target, span: &tracing::Span) -> Answer {
         let url = match Url::parse(&target.url) {
             Ok(u) => u,
             Err(e) => return Answer::Refused(format!("bad target URL: {e}")),
@@ -464,7 +470,7 @@ impl Push {
                     .clone()
                     .unwrap_or_else(|| job.id.to_string()),
             );
-        if let Some(tp) = &job.traceparent {
+        if let Some(tp) = crate::trace::outgoing(span, job.traceparent.as_deref()) {
             req = req.header("traceparent", tp);
         }
         for (name, value) in &target.headers {

@@ -3,6 +3,7 @@
 mod backup;
 mod bench;
 mod commands;
+mod otel;
 mod render;
 mod serve;
 mod status;
@@ -448,7 +449,14 @@ fn main() -> ExitCode {
     };
     let code = match cli.command {
         Command::Serve(args) => {
-            init_logs(cli.log_format);
+            // Held until serving ends: with OTLP export, dropping it flushes the last spans.
+            let _spans = match init_logs(cli.log_format, args.otlp_endpoint.as_deref()) {
+                Ok(g) => g,
+                Err(e) => {
+                    eprintln!("keel: {e:#}");
+                    return ExitCode::from(exit::USAGE);
+                }
+            };
             match runtime.block_on(serve::serve(args, &cli.data_dir)) {
                 Ok(()) => exit::OK,
                 Err(e) => {
@@ -457,10 +465,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Migrate(storage) => {
-            init_logs(cli.log_format);
-            finish(runtime.block_on(serve::migrate(&storage, &cli.data_dir)))
-        }
+        Command::Migrate(storage) => match init_logs(cli.log_format, None) {
+            Ok(_) => finish(runtime.block_on(serve::migrate(&storage, &cli.data_dir))),
+            Err(e) => finish(Err(e)),
+        },
         Command::Export(args) => finish(runtime.block_on(transfer::export(args, &cli.data_dir))),
         Command::Import(args) => finish(runtime.block_on(transfer::import(args, &cli.data_dir))),
         Command::Backup(args) => finish(backup::backup(args, &cli.data_dir)),
@@ -648,23 +656,40 @@ fn finish(result: anyhow::Result<()>) -> u8 {
     }
 }
 
-fn init_logs(format: Option<LogFormat>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Sets up logging (and, with `otlp`, span export). The guard flushes spans when dropped.
+fn init_logs(format: Option<LogFormat>, otlp: Option<&str>) -> anyhow::Result<Option<otel::Guard>> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::registry::Registry;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
     let json = match format {
         Some(LogFormat::Json) => true,
         Some(LogFormat::Pretty) => false,
         None => !std::io::stdout().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder
-            .json()
+    let fmt = tracing_subscriber::fmt::layer();
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![if json {
+        fmt.json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .init();
+            .with_filter(filter())
+            .boxed()
     } else {
-        builder.init();
-    }
+        fmt.with_filter(filter()).boxed()
+    }];
+    let guard = match otlp {
+        Some(endpoint) => {
+            let (layer, guard) = otel::layer(endpoint)?;
+            layers.push(layer.with_filter(filter()).boxed());
+            Some(guard)
+        }
+        None => None,
+    };
+    tracing_subscriber::registry().with(layers).init();
+    Ok(guard)
 }

@@ -72,6 +72,10 @@ impl StorageArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     storage: StorageArgs,
+    /// Export trace spans to this OTLP/HTTP collector (base URL; `/v1/traces` is added). Needs a
+    /// keel built with `--features otlp`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "KEEL_LISTEN", default_value = "127.0.0.1:8470")]
     listen: SocketAddr,

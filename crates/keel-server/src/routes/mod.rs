@@ -98,7 +98,9 @@ pub(crate) fn router(state: AppState) -> Router {
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {
                     let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
+                    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id);
+                    crate::trace::adopt(&span, req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+                    span
                 })
                 .on_request(())
                 .on_response(|res: &Response<_>, latency: Duration, _span: &Span| {
