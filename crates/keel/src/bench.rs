@@ -7,7 +7,10 @@
 //! /v1/jobs/batch), `drain` (pull workers: lease N, ack N in one request), `latency` (enqueue at a
 //! fixed rate; a long-polling worker measures enqueue → receive), `push` (keel delivers to a fast
 //! local target that answers 204: the queue is filled while paused, then resumed, and the time
-//! until every job is completed is measured; throughput only, no per-request latency).
+//! until every job is completed is measured; throughput only, no per-request latency), `scale`
+//! (with `--spawn` only: `--scale-jobs` jobs queued through batches, then the server's resident
+//! memory, and how long a restart takes until it serves again with all of them; not in the
+//! default list, as it writes a large store).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -29,9 +32,10 @@ pub enum Scenario {
     Drain,
     Latency,
     Push,
+    Scale,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 #[command(
     after_help = "Examples:\n  keel bench --spawn                                  # every scenario against a throw-away server\n  keel bench --spawn --scenarios baseline,enqueue -c 64 --jobs 50000\n  keel bench --url http://127.0.0.1:8470 --scenarios drain --lease-size 100 --json"
 )]
@@ -67,6 +71,9 @@ pub struct BenchArgs {
     /// Upper bound on each scenario's duration, in seconds.
     #[arg(long, default_value_t = 60)]
     max_secs: u64,
+    /// Jobs queued by the `scale` scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    scale_jobs: u64,
 }
 
 #[derive(Serialize)]
@@ -88,6 +95,22 @@ struct Report {
     errors: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     skipped: Option<String>,
+    /// `scale` only: what the server process held and how fast it came back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scale: Option<ScaleFigures>,
+}
+
+#[derive(Serialize)]
+struct ScaleFigures {
+    /// Jobs queued (all available) when measured.
+    queued: u64,
+    /// Resident memory with them queued, and the process's peak until then (MiB).
+    rss_mib: f64,
+    peak_rss_mib: f64,
+    /// From starting the process again to "keel is serving." (index rebuilt, port bound).
+    restart_secs: f64,
+    /// Resident memory right after the restart (MiB).
+    rss_after_restart_mib: f64,
 }
 
 /// Where requests go.
@@ -146,22 +169,52 @@ struct Spawned {
     dir: PathBuf,
 }
 
-impl Drop for Spawned {
-    fn drop(&mut self) {
+impl Spawned {
+    fn stop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
+    }
+
+    /// Stops the server and starts it again on the same data dir; returns its new base URL and
+    /// how long the new process took to serve.
+    fn restart(&mut self) -> anyhow::Result<(String, Duration)> {
+        self.stop();
+        let started = Instant::now();
+        let (child, addr) = start_server(&self.dir)?;
+        self.child = child;
+        Ok((format!("http://{addr}"), started.elapsed()))
+    }
+
+    /// (resident, peak resident) memory of the server process in MiB, from /proc.
+    fn memory_mib(&self) -> anyhow::Result<(f64, f64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .context("reading the server's /proc status")?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+                .map(|kib| kib / 1024.0)
+        };
+        match (field("VmRSS:"), field("VmHWM:")) {
+            (Some(rss), Some(peak)) => Ok((rss, peak)),
+            _ => bail!("no VmRSS/VmHWM in /proc status"),
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn spawn_server() -> anyhow::Result<(Spawned, String, String)> {
+/// Starts `keel serve` on `dir` and waits for "keel is serving."; returns it and its address.
+fn start_server(dir: &std::path::Path) -> anyhow::Result<(Child, String)> {
     use std::io::{BufRead, BufReader};
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let dir = std::env::temp_dir().join(format!("keel-bench-{}-{nanos}", std::process::id()));
     let exe = std::env::current_exe().context("finding the keel binary")?;
     let mut child = Command::new(exe)
         .args([
@@ -173,18 +226,17 @@ fn spawn_server() -> anyhow::Result<(Spawned, String, String)> {
             "--allow-private-targets",
             "--data-dir",
         ])
-        .arg(&dir)
+        .arg(dir)
         .env("RUST_LOG", "warn,keel=info")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .context("starting keel serve")?;
     let stdout = child.stdout.take().context("no stdout")?;
-    let mut spawned = Spawned { child, dir };
     let mut lines = BufReader::new(stdout).lines();
     let addr = loop {
         let Some(Ok(line)) = lines.next() else {
-            let _ = spawned.child.wait();
+            let _ = child.wait();
             bail!("the spawned keel serve exited before serving");
         };
         let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
@@ -194,6 +246,16 @@ fn spawn_server() -> anyhow::Result<(Spawned, String, String)> {
     };
     // Keep draining its logs so the pipe never fills.
     std::thread::spawn(move || for _ in lines {});
+    Ok((child, addr))
+}
+
+fn spawn_server() -> anyhow::Result<(Spawned, String, String)> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("keel-bench-{}-{nanos}", std::process::id()));
+    let (child, addr) = start_server(&dir)?;
+    let spawned = Spawned { child, dir };
     let token = std::fs::read_to_string(spawned.dir.join(keel_client::ADMIN_TOKEN_FILE))
         .context("reading the spawned server's admin token")?;
     let base = format!("http://{addr}");
@@ -207,7 +269,7 @@ pub async fn run(
     json_out: bool,
 ) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (_server, base, token) = if args.spawn {
+    let (mut server, base, token) = if args.spawn {
         let (s, base, token) = spawn_server()?;
         (Some(s), base, Some(token))
     } else {
@@ -228,7 +290,7 @@ pub async fn run(
         .timeout(Duration::from_secs(90))
         .build()
         .context("building the HTTP client")?;
-    let target = Target { http, base };
+    let mut target = Target { http, base };
     let run_id = format!(
         "{:x}",
         std::time::SystemTime::now()
@@ -249,6 +311,7 @@ pub async fn run(
             Scenario::Drain => drain(&target, &args, &queue).await?,
             Scenario::Latency => latency(&target, &args, &queue).await?,
             Scenario::Push => push(&target, &args, &queue, json_out).await?,
+            Scenario::Scale => scale(&mut target, &args, &queue, server.as_mut()).await?,
         };
         if *scenario == Scenario::Baseline && report.skipped.is_none() {
             baseline_rate = Some(report.jobs_per_sec);
@@ -280,6 +343,7 @@ fn skipped(scenario: Scenario, why: &str) -> Report {
         max_ms: 0.0,
         errors: 0,
         skipped: Some(why.to_owned()),
+        scale: None,
     }
 }
 
@@ -314,6 +378,7 @@ fn report(
         max_ms: h.max() as f64 / 1_000.0,
         errors,
         skipped: None,
+        scale: None,
     }
 }
 
@@ -501,6 +566,62 @@ async fn drain(target: &Target, args: &BenchArgs, queue: &str) -> anyhow::Result
     Ok(report(Scenario::Drain, req * 2, done, elapsed, &h, errs))
 }
 
+/// Queues `--scale-jobs` jobs, then measures the server's memory and a restart (see the module
+/// doc). The fill is reported as the scenario's throughput.
+async fn scale(
+    target: &mut Target,
+    args: &BenchArgs,
+    queue: &str,
+    server: Option<&mut Spawned>,
+) -> anyhow::Result<Report> {
+    let Some(server) = server else {
+        return Ok(skipped(
+            Scenario::Scale,
+            "needs --spawn (it restarts the server it measures)",
+        ));
+    };
+    let step = args.batch_size.clamp(1, 1_000) as u64;
+    let (t, body) = (target.clone(), batch_body(queue, step, args.payload_bytes));
+    let fill_args = BenchArgs {
+        max_secs: args.max_secs.max(3_600),
+        ..args.clone()
+    };
+    let (req, done, errs, elapsed, h) = closed_loop(
+        &fill_args,
+        args.scale_jobs,
+        step,
+        args.concurrency.min(16),
+        move |_| {
+            let (t, body) = (t.clone(), body.clone());
+            async move { t.post("/v1/jobs/batch", &body).await.map(|_| ()) }
+        },
+    )
+    .await;
+    let (rss, peak) = server.memory_mib()?;
+    let (base, took) = server.restart()?;
+    target.base = base;
+    let (rss_after, _) = server.memory_mib()?;
+    let q = target
+        .get(&format!("/v1/queues/{queue}"))
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the queue after the restart: {e}"))?;
+    let available = q["counts"]["available"].as_u64().unwrap_or(0);
+    if available != done {
+        bail!(
+            "after the restart the queue holds {available} available jobs, not the {done} queued"
+        );
+    }
+    let mut r = report(Scenario::Scale, req, done, elapsed, &h, errs);
+    r.scale = Some(ScaleFigures {
+        queued: available,
+        rss_mib: rss,
+        peak_rss_mib: peak,
+        restart_secs: took.as_secs_f64(),
+        rss_after_restart_mib: rss_after,
+    });
+    Ok(r)
+}
+
 /// Push delivery to a fast local target (204, no body), `-c` deliveries in flight.
 async fn push(
     target: &Target,
@@ -675,5 +796,11 @@ fn print_table(reports: &[Report]) {
             r.max_ms,
             r.errors
         );
+        if let Some(f) = &r.scale {
+            println!(
+                "{:<9} {} jobs queued: resident {:.0} MiB (peak {:.0} MiB); restart to serving {:.2} s, then resident {:.0} MiB",
+                "", f.queued, f.rss_mib, f.peak_rss_mib, f.restart_secs, f.rss_after_restart_mib
+            );
+        }
     }
 }

@@ -679,6 +679,10 @@ fn bench_spawns_a_server_and_reports_every_scenario_against_the_baseline() {
             "200",
             "--max-secs",
             "10",
+            "--scenarios",
+            "baseline,enqueue,batch,drain,latency,push,scale",
+            "--scale-jobs",
+            "2000",
             "--json",
         ],
     );
@@ -706,6 +710,12 @@ fn bench_spawns_a_server_and_reports_every_scenario_against_the_baseline() {
     // Push: keel delivered every job to the bench's own target, each with one request.
     assert_eq!(by["push"]["requests"], 300, "{}", by["push"]);
     assert!(by["push"]["skipped"].is_null());
+    // Scale: the jobs were queued, the server restarted, and it came back holding all of them.
+    let scale = &by["scale"]["scale"];
+    assert_eq!(scale["queued"], 2000, "{}", by["scale"]);
+    assert!(scale["rss_mib"].as_f64().unwrap() > 1.0, "{scale}");
+    assert!(scale["peak_rss_mib"].as_f64().unwrap() >= scale["rss_mib"].as_f64().unwrap());
+    assert!(scale["restart_secs"].as_f64().unwrap() > 0.0, "{scale}");
 }
 
 #[test]
