@@ -713,3 +713,102 @@ async fn export_and_import_move_a_store_from_sqlite_to_postgresql_and_back() {
         .unwrap();
     assert_eq!(later["paused"], true);
 }
+
+/// The value of the first sample of `name` whose line holds every label in `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_on_postgresql_count_committed_changes_of_every_write_path() {
+    let Some(pg) = PgHarness::new().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let k = node(&pg, dir.path(), None);
+    let http = k.http(Duration::from_secs(10));
+    // Single enqueues without keys go through the grouping combiner; a batch with keys through
+    // a transaction: both must count.
+    for n in 0..5 {
+        let (status, _) = post(
+            &http,
+            format!("{}/v1/jobs", k.base),
+            json!({"queue": "pgm", "kind": "k", "payload": {"n": n}}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 201);
+    }
+    let jobs: Vec<Value> = (0..5)
+        .map(|n| json!({"queue": "pgm", "kind": "k", "payload": {"b": n}, "idempotency_key": format!("b{n}")}))
+        .collect();
+    let (status, _) = post(
+        &http,
+        format!("{}/v1/jobs/batch", k.base),
+        json!({"jobs": jobs}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201);
+    let (_, leased) = post(
+        &http,
+        format!("{}/v1/lease", k.base),
+        json!({"queues": ["pgm"], "max_jobs": 10, "lease_ms": 30_000}),
+    )
+    .await
+    .unwrap();
+    let items: Vec<Value> = leased["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| json!({"id": j["id"], "lease_token": j["lease"]["token"], "outcome": "completed"}))
+        .collect();
+    assert_eq!(items.len(), 10);
+    let (status, _) = post(&http, format!("{}/v1/ack", k.base), json!({"items": items}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    let text = reqwest::get(format!("{}/metrics", k.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let q = "queue=\"pgm\"";
+    assert_eq!(
+        sample(&text, "keel_jobs_enqueued_total", &[q]),
+        10.0,
+        "{text}"
+    );
+    assert_eq!(sample(&text, "keel_jobs_completed_total", &[q]), 10.0);
+    assert_eq!(
+        sample(&text, "keel_job_queue_wait_seconds_count", &[q]),
+        10.0
+    );
+    assert_eq!(sample(&text, "keel_job_run_seconds_count", &[q]), 10.0);
+    assert_eq!(
+        sample(&text, "keel_queue_jobs", &[q, "state=\"completed\""]),
+        10.0
+    );
+    assert!(
+        sample(
+            &text,
+            "keel_store_commit_seconds_count",
+            &["backend=\"postgres\""]
+        ) >= 3.0
+    );
+    assert!(
+        sample(
+            &text,
+            "keel_store_batch_size_sum",
+            &["backend=\"postgres\""]
+        ) >= 3.0
+    );
+    assert_eq!(sample(&text, "keel_store_up", &[]), 1.0);
+    k.terminate();
+}
