@@ -2,8 +2,9 @@
 //!
 //! It is written here by hand, next to the route table, rather than derived with utoipa (see
 //! ARCHITECTURE.md for why). Two tests keep it honest: `it::openapi` checks that every operation
-//! it lists is routed (and every routed operation is listed), and the schemathesis run in CI
-//! (`.ci/fuzz-api`) checks that real responses match it.
+//! it lists is routed (and every routed operation is listed), and in CI (`.ci/fuzz-api`)
+//! `openapi-spec-validator` checks the served document against the OpenAPI 3.1 specification and
+//! schemathesis checks that real responses match it.
 //!
 //! Invariant: every operation documents every status it can answer, including each problem
 //! (`application/problem+json`) a request can meet before the handler (401, 408, 413, 415, 429).
