@@ -20,6 +20,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::HeaderValue;
+use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -113,54 +118,143 @@ struct ScaleFigures {
     rss_after_restart_mib: f64,
 }
 
-/// Where requests go.
+/// Where requests go: a lean HTTP/1.1 client (hyper, keep-alive connections reused from a small
+/// pool, bodies serialised once by the caller, answers not parsed unless asked), so the load
+/// generator spends as little of the shared CPU as it can. Plain HTTP only.
 #[derive(Clone)]
 struct Target {
-    http: reqwest::Client,
-    base: String,
+    /// `host:port` to connect to, and the `Host` header.
+    authority: String,
+    auth: Option<HeaderValue>,
+    idle: Arc<std::sync::Mutex<Vec<SendRequest<Full<Bytes>>>>>,
 }
 
 impl Target {
+    fn new(base: String, token: Option<&str>) -> anyhow::Result<Target> {
+        let Some(rest) = base.strip_prefix("http://") else {
+            bail!("keel bench speaks plain HTTP to a loopback or private listener; got {base}");
+        };
+        let authority = rest.split('/').next().unwrap_or(rest).to_owned();
+        let auth = token
+            .map(|t| HeaderValue::from_str(&format!("Bearer {t}")))
+            .transpose()
+            .context("the token is not a valid header value")?;
+        Ok(Target {
+            authority,
+            auth,
+            idle: Arc::default(),
+        })
+    }
+
+    /// The same client for a server that moved (a restart binds a new port).
+    fn moved_to(&self, base: String) -> anyhow::Result<Target> {
+        let mut moved = Target::new(base, None)?;
+        moved.auth = self.auth.clone();
+        Ok(moved)
+    }
+
+    async fn connection(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+        loop {
+            let idle = self.idle.lock().map_err(|e| e.to_string())?.pop();
+            match idle {
+                Some(c) if !c.is_closed() => return Ok(c),
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let stream = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", self.authority))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    /// One request; the answer's status and body. The connection goes back to the pool when the
+    /// answer was read whole.
+    async fn raw(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(hyper::StatusCode, Bytes), String> {
+        let mut conn = self.connection().await?;
+        conn.ready().await.map_err(|e| e.to_string())?;
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, &self.authority);
+        if !body.is_empty() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(a) = &self.auth {
+            req = req.header(hyper::header::AUTHORIZATION, a.clone());
+        }
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let res = tokio::time::timeout(Duration::from_secs(90), conn.send_request(req))
+            .await
+            .map_err(|_| "no answer in 90 s".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let status = res.status();
+        let bytes = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
+        }
+        Ok((status, bytes))
+    }
+
+    /// Sends pre-serialised JSON; a non-2xx answer is an error carrying its status and body.
+    async fn post_bytes(&self, path: &str, body: Bytes) -> Result<Bytes, String> {
+        let (status, bytes) = self.raw(hyper::Method::POST, path, body).await?;
+        if status.is_success() {
+            Ok(bytes)
+        } else {
+            Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)))
+        }
+    }
+
     async fn put(&self, path: &str, body: &Value) -> Result<Value, String> {
-        self.send(reqwest::Method::PUT, path, body).await
+        self.send(hyper::Method::PUT, path, body).await
     }
 
     async fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
-        self.send(reqwest::Method::POST, path, body).await
+        self.send(hyper::Method::POST, path, body).await
     }
 
     async fn get(&self, path: &str) -> Result<Value, String> {
-        let res = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        res.json().await.map_err(|e| e.to_string())
-    }
-
-    /// Sends JSON; a non-2xx answer is an error carrying its status and body.
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: &Value,
-    ) -> Result<Value, String> {
-        let res = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = res.status();
-        let v: Value = res.json().await.map_err(|e| e.to_string())?;
+        let (status, bytes) = self.raw(hyper::Method::GET, path, Bytes::new()).await?;
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
         if status.is_success() {
             Ok(v)
         } else {
             Err(format!("{status}: {v}"))
         }
     }
+
+    /// Sends JSON and parses the answer; a non-2xx answer is an error carrying its status and body.
+    async fn send(&self, method: hyper::Method, path: &str, body: &Value) -> Result<Value, String> {
+        let body = Bytes::from(serde_json::to_vec(body).map_err(|e| e.to_string())?);
+        let (status, bytes) = self.raw(method, path, body).await?;
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(v)
+        } else {
+            Err(format!("{status}: {v}"))
+        }
+    }
+}
+
+/// Serialises a request body once, for every request that sends it.
+fn bytes_of(body: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(body).unwrap_or_default())
 }
 
 /// A server started for the run; killed (SIGTERM, then waited for) at the end.
@@ -275,22 +369,7 @@ pub async fn run(
     } else {
         (None, url.trim_end_matches('/').to_owned(), token)
     };
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(t) = &token {
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {t}")
-                .parse()
-                .context("the token is not a valid header value")?,
-        );
-    }
-    let http = reqwest::Client::builder()
-        .default_headers(headers)
-        .pool_max_idle_per_host(args.concurrency.max(1) * 2)
-        .timeout(Duration::from_secs(90))
-        .build()
-        .context("building the HTTP client")?;
-    let mut target = Target { http, base };
+    let mut target = Target::new(base, token.as_deref())?;
     let run_id = format!(
         "{:x}",
         std::time::SystemTime::now()
@@ -481,14 +560,12 @@ async fn baseline(target: &Target, args: &BenchArgs) -> Report {
         closed_loop(args, args.jobs, 1, args.concurrency, move |_| {
             let t = t.clone();
             async move {
-                let res = t
-                    .http
-                    .get(format!("{}/healthz", t.base))
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                res.bytes().await.map_err(|e| e.to_string())?;
-                Ok(())
+                let (status, _) = t.raw(hyper::Method::GET, "/healthz", Bytes::new()).await?;
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(status.to_string())
+                }
             }
         })
         .await;
@@ -498,20 +575,20 @@ async fn baseline(target: &Target, args: &BenchArgs) -> Report {
 async fn enqueue(target: &Target, args: &BenchArgs, queue: &str) -> Report {
     let (t, body) = (
         target.clone(),
-        json!({"queue": queue, "kind": "bench", "payload": payload(args.payload_bytes)}),
+        bytes_of(&json!({"queue": queue, "kind": "bench", "payload": payload(args.payload_bytes)})),
     );
     let (req, done, errs, elapsed, h) =
         closed_loop(args, args.jobs, 1, args.concurrency, move |_| {
             let (t, body) = (t.clone(), body.clone());
-            async move { t.post("/v1/jobs", &body).await.map(|_| ()) }
+            async move { t.post_bytes("/v1/jobs", body).await.map(|_| ()) }
         })
         .await;
     report(Scenario::Enqueue, req, done, elapsed, &h, errs)
 }
 
-fn batch_body(queue: &str, n: u64, payload_bytes: usize) -> Value {
+fn batch_body(queue: &str, n: u64, payload_bytes: usize) -> Bytes {
     let job = json!({"queue": queue, "kind": "bench", "payload": payload(payload_bytes)});
-    json!({ "jobs": vec![job; n as usize] })
+    bytes_of(&json!({ "jobs": vec![job; n as usize] }))
 }
 
 async fn batch(target: &Target, args: &BenchArgs, queue: &str) -> Report {
@@ -520,7 +597,7 @@ async fn batch(target: &Target, args: &BenchArgs, queue: &str) -> Report {
     let (req, done, errs, elapsed, h) =
         closed_loop(args, args.jobs, step, args.concurrency.min(16), move |_| {
             let (t, body) = (t.clone(), body.clone());
-            async move { t.post("/v1/jobs/batch", &body).await.map(|_| ()) }
+            async move { t.post_bytes("/v1/jobs/batch", body).await.map(|_| ()) }
         })
         .await;
     report(Scenario::Batch, req, done, elapsed, &h, errs)
@@ -532,7 +609,7 @@ async fn fill(target: &Target, queue: &str, jobs: u64, payload_bytes: usize) -> 
     while left > 0 {
         let n = left.min(1_000);
         target
-            .post("/v1/jobs/batch", &batch_body(queue, n, payload_bytes))
+            .post_bytes("/v1/jobs/batch", batch_body(queue, n, payload_bytes))
             .await
             .map_err(|e| anyhow::anyhow!("filling the queue: {e}"))?;
         left -= n;
@@ -593,13 +670,13 @@ async fn scale(
         args.concurrency.min(16),
         move |_| {
             let (t, body) = (t.clone(), body.clone());
-            async move { t.post("/v1/jobs/batch", &body).await.map(|_| ()) }
+            async move { t.post_bytes("/v1/jobs/batch", body).await.map(|_| ()) }
         },
     )
     .await;
     let (rss, peak) = server.memory_mib()?;
     let (base, took) = server.restart()?;
-    target.base = base;
+    *target = target.moved_to(base)?;
     let (rss_after, _) = server.memory_mib()?;
     let q = target
         .get(&format!("/v1/queues/{queue}"))
