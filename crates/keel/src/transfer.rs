@@ -338,14 +338,7 @@ async fn import_into(store: &dyn Store, from: &str, now: Time) -> anyhow::Result
     event_count += events.len() as u64;
     store.import(jobs, events, now).await?;
     bar.finish_and_clear();
-    let report = store.verify().await?;
-    if !report.mismatched.is_empty() {
-        bail!(
-            "imported {job_count} jobs, but {} differ from their events: {:?}",
-            report.mismatched.len(),
-            report.mismatched.iter().take(10).collect::<Vec<_>>()
-        );
-    }
+    crate::backup::folds_agree(store, &format!("after importing {job_count} jobs")).await?;
     eprintln!(
         "keel: imported {job_count} jobs and {event_count} events; every job equals the fold of its events."
     );
