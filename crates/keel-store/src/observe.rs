@@ -140,28 +140,37 @@ impl Tally {
         self.seen.clear();
     }
 
-    /// Reports what was noted; call after the commit succeeded.
+    /// Reports what was noted; call after the commit succeeded. Counts of one (queue, kind)
+    /// are summed first, so a batch of a thousand enqueues is one counter update, not a
+    /// thousand registry lookups on the writer's thread.
     pub(crate) fn emit(&mut self) {
+        let mut sums: Vec<(&'static str, SharedString, SharedString, u64)> = Vec::new();
         for s in self.seen.drain(..) {
             let (q, k) = (s.queue, s.kind);
-            match s.what {
-                What::Enqueued => {
-                    metrics::counter!(names::ENQUEUED, "queue" => q, "kind" => k).increment(1)
+            let name = match s.what {
+                What::Enqueued => names::ENQUEUED,
+                What::Completed => names::COMPLETED,
+                What::Failed => names::FAILED,
+                What::Dead => names::DEAD,
+                What::Waited(d) => {
+                    metrics::histogram!(names::QUEUE_WAIT, "queue" => q).record(d);
+                    continue;
                 }
-                What::Completed => {
-                    metrics::counter!(names::COMPLETED, "queue" => q, "kind" => k).increment(1)
-                }
-                What::Failed => {
-                    metrics::counter!(names::FAILED, "queue" => q, "kind" => k).increment(1)
-                }
-                What::Dead => {
-                    metrics::counter!(names::DEAD, "queue" => q, "kind" => k).increment(1)
-                }
-                What::Waited(d) => metrics::histogram!(names::QUEUE_WAIT, "queue" => q).record(d),
                 What::Ran(d) => {
-                    metrics::histogram!(names::RUN_TIME, "queue" => q, "kind" => k).record(d)
+                    metrics::histogram!(names::RUN_TIME, "queue" => q, "kind" => k).record(d);
+                    continue;
                 }
+            };
+            match sums
+                .iter_mut()
+                .find(|(n, sq, sk, _)| *n == name && *sq == q && *sk == k)
+            {
+                Some(sum) => sum.3 += 1,
+                None => sums.push((name, q, k, 1)),
             }
+        }
+        for (name, q, k, n) in sums {
+            metrics::counter!(name, "queue" => q, "kind" => k).increment(n);
         }
     }
 }

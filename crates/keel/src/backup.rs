@@ -44,7 +44,7 @@ pub struct RestoreArgs {
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel verify --data-dir /var/lib/keel\n  keel verify --backup /backups/keel-2026-11-23.db\n  KEEL_DATABASE_URL=postgres://keel@db/keel keel verify\n\nChecks: the backup's checksum (with --backup), SQLite's integrity check, and that every job's row equals the fold of its events. Exit 0 when all hold."
+    after_help = "Examples:\n  keel verify --data-dir /var/lib/keel\n  keel verify --backup /backups/keel-2026-11-23.db\n  KEEL_DATABASE_URL=postgres://keel@db/keel keel verify\n\nChecks: the backup's checksum (with --backup), SQLite's integrity check, and that every job's row equals the fold of its events. Exit 0 when all hold. Verify a store while no server writes to it, or verify a backup of it: the check reads the events and then the rows, and a job changed in between would be reported."
 )]
 pub struct VerifyArgs {
     #[command(flatten)]
