@@ -117,6 +117,21 @@ pub(crate) async fn upkeep() {
     }
 }
 
+/// The method as a label: the standard ones by name, any other (HTTP allows extension methods,
+/// which a client could invent without end) as `other`.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "PATCH" => "PATCH",
+        _ => "other",
+    }
+}
+
 /// Middleware: counts each request by route template, method and status, and times it.
 pub(crate) async fn track(req: Request, next: Next) -> Response {
     let route = req
@@ -124,11 +139,11 @@ pub(crate) async fn track(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let started = Instant::now();
     let res = next.run(req).await;
     let status = res.status().as_u16().to_string();
-    metrics::histogram!(HTTP_DURATION, "route" => route.clone(), "method" => method.clone())
+    metrics::histogram!(HTTP_DURATION, "route" => route.clone(), "method" => method)
         .record(started.elapsed());
     metrics::counter!(HTTP_REQUESTS, "route" => route, "method" => method, "status" => status)
         .increment(1);

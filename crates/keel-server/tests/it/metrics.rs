@@ -100,7 +100,26 @@ async fn metrics_move_as_jobs_flow() {
     )
     .await;
 
+    // Invented methods do not become label values (a client could invent them without end).
+    for invented in ["BREW", "WHEN"] {
+        let res = s
+            .http
+            .request(invented.parse().unwrap(), s.url("/v1/jobs"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 405);
+    }
+
     let (text, after) = scrape(&s).await;
+    assert!(!text.contains("BREW") && !text.contains("WHEN"), "{text}");
+    assert!(
+        value(
+            &after,
+            "keel_http_requests_total",
+            &[("method", "other"), ("status", "405")]
+        ) >= 2.0
+    );
     let by = [("queue", q), ("kind", "m.kind")];
     assert_eq!(value(&after, "keel_jobs_enqueued_total", &by), 3.0);
     assert_eq!(value(&after, "keel_jobs_completed_total", &by), 1.0);

@@ -30,6 +30,9 @@ use crate::StoreError;
 pub const MANIFEST_FORMAT: u32 = 1;
 /// Pages copied per backup step (256 KiB of 4 KiB pages): a smooth progress bar.
 const PAGES_PER_STEP: i32 = 64;
+/// How long a backup step waits on a locked store before trying again, and in all.
+const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+const BUSY_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What `keel backup` records about a backup file, in `<file>.manifest.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -108,6 +111,7 @@ pub fn backup(
     {
         let mut dest = Connection::open(&partial).map_err(sqlite)?;
         let copy = rusqlite::backup::Backup::new(&src, &mut dest).map_err(sqlite)?;
+        let mut waited = std::time::Duration::ZERO;
         loop {
             let step = copy.step(PAGES_PER_STEP).map_err(sqlite)?;
             let p = copy.progress();
@@ -115,9 +119,19 @@ pub fn backup(
             progress(total.saturating_sub(p.remaining.max(0) as u64), total);
             match step {
                 rusqlite::backup::StepResult::Done => break,
-                rusqlite::backup::StepResult::More => {}
-                // Busy or locked: the writer holds a lock for a moment; try again shortly.
-                _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+                rusqlite::backup::StepResult::More => waited = std::time::Duration::ZERO,
+                // Busy or locked: another connection holds a lock for a moment; try again
+                // shortly, but not forever.
+                _ if waited >= BUSY_LIMIT => {
+                    return Err(StoreError::Internal(format!(
+                        "the store stayed locked for {} s; backup abandoned",
+                        BUSY_LIMIT.as_secs()
+                    )));
+                }
+                _ => {
+                    std::thread::sleep(BUSY_PAUSE);
+                    waited += BUSY_PAUSE;
+                }
             }
         }
         drop(copy);
