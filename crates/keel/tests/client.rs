@@ -179,11 +179,14 @@ async fn heartbeats_keep_a_long_job_alive_and_a_stuck_one_times_out() {
     let dir = tempfile::tempdir().unwrap();
     let keel = Keel::start(dir.path());
     let client = keel.client();
+    // A 1 s lease is heartbeaten after 667 ms: the long job (3 s) needs several beats, and the
+    // stuck job's 400 ms time-out is reported 600 ms before its lease could expire, so a loaded
+    // machine does not turn the worker's `Timeout` into a `lease_expired`.
     let worker = Worker::new(client.clone(), &["slow"])
-        .lease(Duration::from_millis(300))
+        .lease(Duration::from_millis(1_000))
         .poll_wait(Duration::from_millis(500))
         .handle("long", |_: JobContext<Email>| async {
-            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            tokio::time::sleep(Duration::from_millis(3_000)).await;
             Ok(())
         })
         .handle("stuck", |_: JobContext<Email>| async {
@@ -213,7 +216,7 @@ async fn heartbeats_keep_a_long_job_alive_and_a_stuck_one_times_out() {
     let job = wait_for(&client, long, &[State::Completed]).await;
     assert_eq!(
         job.attempt, 1,
-        "heartbeats kept the 300 ms lease alive for 1.5 s"
+        "heartbeats kept the 1 s lease alive for 3 s"
     );
     let beats = client
         .job_events(long)
