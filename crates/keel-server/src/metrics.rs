@@ -150,8 +150,8 @@ pub(crate) async fn track(req: Request, next: Next) -> Response {
     res
 }
 
-/// Escapes a label value for the text format.
-fn label(value: &str) -> String {
+/// Escapes a label value for the text format (also used for the push breakers' origins).
+pub(crate) fn label(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

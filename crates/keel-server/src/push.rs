@@ -190,10 +190,7 @@ impl Push {
         for (name, kind, help, value) in families {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (origin, state) in &origins {
-                let label = origin
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
+                let label = crate::metrics::label(origin);
                 let _ = writeln!(out, "{name}{{origin=\"{label}\"}} {}", value(state));
             }
         }

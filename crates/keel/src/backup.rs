@@ -58,12 +58,6 @@ fn parse_time(text: &str) -> Result<Time, String> {
     Time::parse_rfc3339(text)
 }
 
-fn bytes_bar(total: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = progress_bar(Some(total), "bytes");
-    bar.set_message(what.to_owned());
-    bar
-}
-
 /// Runs `f` with a progress callback drawing a bar of `unit`, cleared afterwards.
 fn with_bar<T>(
     unit: &str,
@@ -121,13 +115,7 @@ pub async fn restore(args: RestoreArgs, data_dir: &Path) -> anyhow::Result<()> {
             data_dir.display()
         );
     }
-    let size = std::fs::metadata(&args.from)
-        .with_context(|| format!("reading {}", args.from.display()))?
-        .len();
-    let bar = bytes_bar(size, "checksum");
-    let manifest = snapshot::check_backup(&args.from, &mut |d, _| bar.set_position(d));
-    bar.finish_and_clear();
-    let manifest = manifest?;
+    let manifest = with_bar("bytes", |p| snapshot::check_backup(&args.from, p))?;
     if let Some(t) = args.to_time
         && t > manifest.taken_at
     {
@@ -179,13 +167,7 @@ pub async fn verify(args: VerifyArgs, data_dir: &Path) -> anyhow::Result<()> {
     let (store, what, _scratch): (Arc<dyn Store>, String, Option<tempfile::TempDir>) =
         match &args.backup {
             Some(file) => {
-                let size = std::fs::metadata(file)
-                    .with_context(|| format!("reading {}", file.display()))?
-                    .len();
-                let bar = bytes_bar(size, "checksum");
-                let manifest = snapshot::check_backup(file, &mut |d, _| bar.set_position(d));
-                bar.finish_and_clear();
-                let manifest = manifest?;
+                let manifest = with_bar("bytes", |p| snapshot::check_backup(file, p))?;
                 println!(
                     "checksum ok: {} bytes, sha256 {}",
                     manifest.bytes, manifest.sha256

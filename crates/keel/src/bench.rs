@@ -230,18 +230,16 @@ impl Target {
     }
 
     async fn get(&self, path: &str) -> Result<Value, String> {
-        let (status, bytes) = self.raw(hyper::Method::GET, path, Bytes::new()).await?;
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-        if status.is_success() {
-            Ok(v)
-        } else {
-            Err(format!("{status}: {v}"))
-        }
+        self.json(hyper::Method::GET, path, Bytes::new()).await
     }
 
     /// Sends JSON and parses the answer; a non-2xx answer is an error carrying its status and body.
     async fn send(&self, method: hyper::Method, path: &str, body: &Value) -> Result<Value, String> {
         let body = Bytes::from(serde_json::to_vec(body).map_err(|e| e.to_string())?);
+        self.json(method, path, body).await
+    }
+
+    async fn json(&self, method: hyper::Method, path: &str, body: Bytes) -> Result<Value, String> {
         let (status, bytes) = self.raw(method, path, body).await?;
         let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
         if status.is_success() {

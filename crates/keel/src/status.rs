@@ -90,17 +90,14 @@ fn rate(n: f64) -> String {
 }
 
 pub async fn status(ctx: &Ctx, interval: Duration) -> Outcome {
-    let first = ctx.client.metrics_text().await?;
+    let (before, mut store_up) = parse(&ctx.client.metrics_text().await?);
     let rates = if interval.is_zero() {
         None
     } else {
         tokio::time::sleep(interval).await;
-        let second = ctx.client.metrics_text().await?;
-        Some((parse(&first).0, parse(&second)))
-    };
-    let store_up = match &rates {
-        Some((_, (_, up))) => *up,
-        None => parse(&first).1,
+        let (after, up) = parse(&ctx.client.metrics_text().await?);
+        store_up = up;
+        Some((before, after))
     };
     let queues = ctx.client.queues().await?;
     let targets = ctx.client.targets().await?;
@@ -108,7 +105,7 @@ pub async fn status(ctx: &Ctx, interval: Duration) -> Outcome {
     let queues: Vec<QueueStatus> = queues
         .into_iter()
         .map(|q| {
-            let rates = rates.as_ref().map(|(before, (after, _))| {
+            let rates = rates.as_ref().map(|(before, after)| {
                 let b = before.get(&q.name).copied().unwrap_or_default();
                 let a = after.get(&q.name).copied().unwrap_or_default();
                 Rates {
