@@ -171,8 +171,8 @@ impl Worker {
         self
     }
 
-    /// Lease length; the runtime heartbeats when a third of it remains. Default: the job's
-    /// `timeout_ms`.
+    /// Lease length; the runtime heartbeats every third of it (so one failed heartbeat still
+    /// leaves another before the lease ends). Default: the job's `timeout_ms`.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease_ms = Some(lease.as_millis() as u64);
         self
@@ -385,10 +385,14 @@ impl JobRun {
             Some(handler) => {
                 let mut handle = tokio::spawn(handler.call(job));
                 let _guard = AbortOnDrop(handle.abort_handle());
-                // Heartbeat when a third of the lease remains.
-                let period = Duration::from_millis((lease_ms * 2 / 3).max(1));
+                // Heartbeat every third of the lease: the lease is renewed with two thirds of
+                // it left, and a heartbeat that fails (a blip, a slow server) still leaves
+                // another before the lease ends. After a slow heartbeat the next waits a full
+                // period rather than firing at once.
+                let period = Duration::from_millis((lease_ms / 3).max(1));
                 let mut beat =
                     tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let overrun = tokio::time::sleep(timeout);
                 tokio::pin!(overrun);
                 loop {
