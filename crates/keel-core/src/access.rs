@@ -15,6 +15,7 @@ use crate::validate::MAX_NAME_LEN;
 
 /// What a token may do; the table of which route needs which role lives in the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Admin,

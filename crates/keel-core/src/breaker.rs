@@ -14,6 +14,7 @@ use crate::time::Time;
 pub const MAX_OPEN_MS: i64 = 600_000;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     Closed,
@@ -22,10 +23,13 @@ pub enum BreakerState {
 }
 
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Breaker {
     pub state: BreakerState,
     pub consecutive_failures: u32,
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub opened_at: Option<Time>,
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub next_probe_at: Option<Time>,
     /// The open time of the current (or next) opening.
     #[serde(skip)]

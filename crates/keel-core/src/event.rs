@@ -12,6 +12,7 @@ use crate::time::Time;
 
 /// Why a job became dead.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DeadReason {
     MaxAttempts,
@@ -20,6 +21,7 @@ pub enum DeadReason {
 
 /// What happened. Serialised adjacently tagged: `{"type": "leased", "data": {...}}`.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum EventData {
     /// The job as created.
@@ -38,6 +40,7 @@ pub enum EventData {
         expires_at: Time,
     },
     Completed {
+        #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value, required))]
         result: Option<Json>,
     },
     Failed {

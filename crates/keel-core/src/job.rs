@@ -15,6 +15,7 @@ use crate::queue::QueueConfig;
 use crate::time::Time;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Waiting for `run_at` (a delayed job or a retry's backoff).
@@ -107,6 +108,7 @@ impl PartialEq for Json {
 
 /// What a failed attempt reported.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobError {
     pub message: String,
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
@@ -128,10 +130,12 @@ pub struct Lease {
 }
 
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Job {
     pub id: Uuid,
     pub queue: String,
     pub kind: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     pub payload: Json,
     pub state: State,
     pub priority: i32,
@@ -142,15 +146,21 @@ pub struct Job {
     pub run_at: Time,
     pub created_at: Time,
     pub updated_at: Time,
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub finished_at: Option<Time>,
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub idempotency_key: Option<String>,
     pub tags: Vec<String>,
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub last_error: Option<JobError>,
+    /// What the job's completion reported; null until then.
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value, required))]
     pub result: Option<Json>,
     /// The W3C trace context of the request that enqueued the job, handed on to whoever runs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
     #[serde(skip)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub lease: Option<Lease>,
 }
 

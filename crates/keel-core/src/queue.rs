@@ -11,6 +11,7 @@ use crate::backoff::Backoff;
 use crate::time::Time;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     pub completed_ms: i64,
@@ -19,6 +20,7 @@ pub struct Retention {
 
 /// A push queue's HTTP target: keel POSTs each job's payload to `url` (API.md "Push delivery").
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     pub url: String,
@@ -55,6 +57,7 @@ impl Target {
 
 /// The circuit breaker of a target's origin.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
     /// Consecutive failed deliveries that open the breaker.
@@ -75,6 +78,7 @@ impl Default for BreakerConfig {
 /// A queue's hand-out rate: a token bucket of `burst` tokens refilled at `per_second`. A lease
 /// or a push takes one token per job; an empty bucket hands out nothing.
 #[derive(Clone, Copy, PartialEq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     pub per_second: f64,
@@ -163,16 +167,20 @@ impl QueueOverrides {
 
 /// The effective configuration of a queue.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueConfig {
     /// Most jobs of this queue running at once, across all workers; `None` is unlimited.
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub concurrency: Option<u32>,
     pub max_attempts: u32,
     pub timeout_ms: i64,
     pub backoff: Backoff,
     pub retention: Retention,
     /// `None`: pull mode (workers lease the jobs).
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub target: Option<Target>,
     /// `None`: no rate limit.
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub rate_limit: Option<RateLimit>,
 }
 

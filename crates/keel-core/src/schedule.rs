@@ -60,6 +60,7 @@ pub enum Cadence {
 
 /// What happens to ticks that passed while the server was down (or the schedule could not fire).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CatchUp {
     /// Missed ticks are skipped; a tick less than [`MISFIRE_GRACE_MS`] late still runs.
@@ -90,9 +91,11 @@ impl CatchUp {
 /// The job a tick enqueues: an enqueue request without `run_at`, `delay_ms` and
 /// `idempotency_key`, which the tick supplies.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobTemplate {
     pub queue: String,
     pub kind: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     pub payload: Json,
     #[serde(default)]
     pub priority: i32,

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 /// One violation: where (an RFC 6901 pointer into the request body) and what.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FieldError {
     pub pointer: String,
     pub message: String,

@@ -190,6 +190,40 @@ impl Auth {
     }
 }
 
+impl Auth {
+    /// Whether tokens are checked at all (`false` only with `--no-auth`).
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The one way in, for the API's bearer header and the UI's session cookie alike: the
+    /// caller `token` belongs to (every request is an unscoped admin with `--no-auth`), or `401`
+    /// for a missing, unknown or revoked token, or `429` over the token's rate limit.
+    pub(crate) fn admit(&self, token: Option<&str>) -> Result<Caller, ApiError> {
+        let caller = if self.enabled {
+            let token = token.ok_or_else(|| {
+                ApiError::Unauthorized("send Authorization: Bearer <token>".into())
+            })?;
+            match self.lookup(token) {
+                Some(p) => Caller(p),
+                None => {
+                    return Err(ApiError::Unauthorized(
+                        "the token is unknown or was revoked".into(),
+                    ));
+                }
+            }
+        } else {
+            Auth::no_auth_caller()
+        };
+        if let (Some(limiter), Some(id)) = (&self.limiter, caller.0.token_id)
+            && let Err(wait_ms) = limiter.check(id)
+        {
+            return Err(ApiError::RateLimited(wait_ms));
+        }
+        Ok(caller)
+    }
+}
+
 /// Middleware: attaches the [`Caller`] or answers `401` (no or unknown token) or `429` (over the
 /// token's rate limit).
 pub(crate) async fn authenticate(
@@ -197,41 +231,38 @@ pub(crate) async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let caller = if st.auth.enabled {
-        let Some(header) = req.headers().get(axum::http::header::AUTHORIZATION) else {
-            return ApiError::Unauthorized("send Authorization: Bearer <token>".into())
-                .into_response();
-        };
-        // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim());
-        let Some(token) = token.filter(|t| !t.is_empty()) else {
-            return ApiError::Unauthorized(
-                "the Authorization header must be \"Bearer <token>\"".into(),
-            )
-            .into_response();
-        };
-        match st.auth.lookup(token) {
-            Some(p) => Caller(p),
-            None => {
-                return ApiError::Unauthorized("the token is unknown or was revoked".into())
+    // The token is borrowed from the request's headers only while it is looked up: no copy of
+    // the secret per request.
+    let admitted = {
+        let token = match req.headers().get(axum::http::header::AUTHORIZATION) {
+            None => None,
+            // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+            Some(header) => {
+                let token = header
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.split_once(' '))
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, t)| t.trim())
+                    .filter(|t| !t.is_empty());
+                if token.is_none() && st.auth.enabled {
+                    return ApiError::Unauthorized(
+                        "the Authorization header must be \"Bearer <token>\"".into(),
+                    )
                     .into_response();
+                }
+                token
             }
-        }
-    } else {
-        Auth::no_auth_caller()
+        };
+        st.auth.admit(token)
     };
-    if let (Some(limiter), Some(id)) = (&st.auth.limiter, caller.0.token_id)
-        && let Err(wait_ms) = limiter.check(id)
-    {
-        return ApiError::RateLimited(wait_ms).into_response();
+    match admitted {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
     }
-    req.extensions_mut().insert(caller);
-    next.run(req).await
 }
 
 /// A new API token: `keel_` and 64 hex digits (256 bits from the OS's CSPRNG).

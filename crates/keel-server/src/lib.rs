@@ -3,8 +3,6 @@
 //! are applied by the store.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
-// The OpenAPI document is one large `json!` literal.
-#![recursion_limit = "512"]
 
 mod auth;
 mod dispatch;
@@ -19,6 +17,7 @@ mod routes;
 mod schemas;
 mod target;
 mod trace;
+mod ui;
 mod wire;
 
 use std::future::Future;
@@ -93,6 +92,7 @@ pub(crate) struct AppState {
     pub(crate) auth: Arc<auth::Auth>,
     pub(crate) schemas: Arc<schemas::Schemas>,
     pub(crate) push: Arc<push::Push>,
+    pub(crate) ui: Arc<ui::Ui>,
     /// Turns true when shutdown begins; long polls end early on it.
     pub(crate) stopping: watch::Receiver<bool>,
 }
@@ -130,7 +130,12 @@ pub async fn serve(
         auth: Arc::new(auth),
         schemas: Arc::new(schemas),
         push: push.clone(),
+        ui: Arc::new(ui::Ui::new()?),
         stopping: stopping.clone(),
+    };
+    let sampler = {
+        let ui = state.ui.clone();
+        tokio::spawn(async move { ui.history.sample().await })
     };
     // Installed before the first request, so every counted change lands in it.
     metrics::recorder();
@@ -158,6 +163,7 @@ pub async fn serve(
     }
     stopper.abort();
     upkeep.abort();
+    sampler.abort();
     let _ = deliveries.await;
     let _ = timers.await;
     if let Err(e) = store.close().await {

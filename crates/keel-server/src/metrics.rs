@@ -212,6 +212,17 @@ async fn queue_gauges(st: &AppState, out: &mut String) -> Result<(), StoreError>
 }
 
 /// `GET /metrics`: no token, served by the operations bulkhead (API.md).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    summary = "Prometheus metrics (docs/operations.md lists them)",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4.", body = String, content_type = "text/plain")
+    ),
+    security(())
+)]
 pub(crate) async fn scrape(State(st): State<AppState>) -> Response {
     let mut out = recorder().map(|h| h.render()).unwrap_or_default();
     // Storage being down is when operators most need the rest of this page: say so instead of

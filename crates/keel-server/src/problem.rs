@@ -35,13 +35,17 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem (`application/problem+json`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Problem<'a> {
+    /// `urn:keel:problem:<slug>`; API.md lists the slugs.
     #[serde(rename = "type")]
+    #[schema(pattern = "^urn:keel:problem:[a-z-]+$")]
     kind: String,
     title: &'a str,
     status: u16,
     detail: String,
+    /// With `validation-failed`: each violation, pointing into the request.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     errors: &'a [FieldError],
 }

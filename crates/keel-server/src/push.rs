@@ -78,23 +78,25 @@ struct OriginState {
     opened_total: u64,
 }
 
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct BreakerEvent {
-    at: Time,
+    pub(crate) at: Time,
     /// `opened` or `closed`.
-    change: &'static str,
+    #[schema(pattern = "^(opened|closed)$")]
+    pub(crate) change: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    open_ms: Option<i64>,
+    pub(crate) open_ms: Option<i64>,
 }
 
 /// One origin as `GET /v1/targets` shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Origin)]
 pub(crate) struct OriginView {
-    origin: String,
-    queues: Vec<String>,
+    pub(crate) origin: String,
+    pub(crate) queues: Vec<String>,
     #[serde(flatten)]
-    breaker: Breaker,
-    history: Vec<BreakerEvent>,
+    pub(crate) breaker: Breaker,
+    pub(crate) history: Vec<BreakerEvent>,
 }
 
 impl OriginView {

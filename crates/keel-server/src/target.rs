@@ -176,21 +176,29 @@ pub(crate) fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Optio
     Some(format!("v1,{}", BASE64.encode(mac.finalize().into_bytes())))
 }
 
-#[derive(Deserialize)]
+/// Push mode: keel POSTs each job's payload to `url`. Loopback and private addresses need
+/// `--allow-private-targets`; link-local never.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetBody {
+    #[schema(format = "uri", max_length = 2048)]
     url: String,
+    /// At most 32.
     #[serde(default)]
     headers: std::collections::BTreeMap<String, String>,
+    #[schema(minimum = 1, maximum = 300_000)]
     timeout_ms: Option<i64>,
+    /// `whsec_` + base64 (Standard Webhooks); `"***"` keeps the current one.
     signing_secret: Option<String>,
     breaker: Option<BreakerBody>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BreakerBody {
+    #[schema(minimum = 1, maximum = 1000)]
     failure_threshold: Option<i64>,
+    #[schema(minimum = 100, maximum = 600_000)]
     open_ms: Option<i64>,
 }
 

@@ -8,6 +8,9 @@ use keel_core::{
 use keel_store::{LeasedJob, QueueInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
+
+use crate::openapi::{IdempotencyKey, Name};
 
 pub const MAX_DELAY_MS: i64 = 365 * 24 * 3_600_000;
 pub const MAX_TIMEOUT_MS: i64 = 24 * 3_600_000;
@@ -16,12 +19,16 @@ pub const MAX_LEASE_WAIT_MS: i64 = 60_000;
 pub const MAX_LEASE_JOBS: i64 = 1_000;
 pub const MAX_CONCURRENCY: i64 = 100_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffBody {
+    #[schema(minimum = 1, maximum = 31_536_000_000i64)]
     pub initial_ms: i64,
+    /// At least `initial_ms`.
+    #[schema(minimum = 1, maximum = 31_536_000_000i64)]
     pub max_ms: i64,
     #[serde(default = "default_jitter")]
+    #[schema(minimum = 0, maximum = 1)]
     pub jitter: f64,
 }
 
@@ -59,19 +66,32 @@ impl BackoffBody {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnqueueBody {
+    #[schema(value_type = Name)]
     pub queue: String,
+    #[schema(value_type = Name)]
     pub kind: String,
+    /// Any JSON; checked against the kind's schema when one is set.
+    #[schema(value_type = serde_json::Value)]
     pub payload: Box<RawValue>,
+    /// Higher runs first.
+    #[schema(minimum = -1000, maximum = 1000)]
     pub priority: Option<i64>,
+    /// When to run (RFC 3339); give this or `delay_ms`, not both.
+    #[schema(value_type = Option<Time>)]
     pub run_at: Option<String>,
+    #[schema(minimum = 0, maximum = 31_536_000_000i64)]
     pub delay_ms: Option<i64>,
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_attempts: Option<i64>,
+    #[schema(minimum = 1, maximum = 86_400_000)]
     pub timeout_ms: Option<i64>,
     pub backoff: Option<BackoffBody>,
+    #[schema(value_type = Option<IdempotencyKey>)]
     pub idempotency_key: Option<String>,
+    #[schema(value_type = Option<Vec<Name>>, max_items = 32)]
     pub tags: Option<Vec<String>>,
 }
 
@@ -181,128 +201,164 @@ pub fn check_idempotency_key(key: &str, pointer: &str, errors: &mut Vec<FieldErr
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
+    #[schema(min_items = 1, max_items = 1000)]
     pub jobs: Vec<EnqueueBody>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseBody {
+    #[schema(value_type = Vec<Name>, min_items = 1, max_items = 64)]
     pub queues: Vec<String>,
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_jobs: Option<i64>,
+    /// How long to wait for work when there is none.
+    #[schema(minimum = 0, maximum = 60_000)]
     pub wait_ms: Option<i64>,
+    #[schema(minimum = 1, maximum = 86_400_000)]
     pub lease_ms: Option<i64>,
+    #[schema(max_length = 255)]
     pub worker: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatBody {
     pub lease_token: String,
+    #[schema(minimum = 1, maximum = 86_400_000)]
     pub lease_ms: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteBody {
     pub lease_token: String,
+    #[schema(value_type = serde_json::Value)]
     pub result: Option<Box<RawValue>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
+    #[schema(max_length = 8192)]
     pub message: String,
     #[serde(rename = "type")]
+    #[schema(max_length = 128)]
     pub kind: Option<String>,
     pub retryable: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailBody {
     pub lease_token: String,
     pub error: ErrorBody,
+    /// Overrides the backoff for this retry.
+    #[schema(minimum = 0, maximum = 31_536_000_000i64)]
     pub retry_in_ms: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AckOutcome {
     Completed,
     Failed,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckItem {
+    #[schema(value_type = uuid::Uuid)]
     pub id: String,
     pub lease_token: String,
     pub outcome: AckOutcome,
+    /// With `completed` only.
+    #[schema(value_type = serde_json::Value)]
     pub result: Option<Box<RawValue>>,
+    /// Required with `failed`, refused with `completed`.
     pub error: Option<ErrorBody>,
+    /// With `failed` only.
+    #[schema(minimum = 0, maximum = 31_536_000_000i64)]
     pub retry_in_ms: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckBody {
+    #[schema(min_items = 1, max_items = 1000)]
     pub items: Vec<AckItem>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayBody {
+    /// `dead` (the default) or `cancelled`.
+    #[schema(pattern = "^(dead|cancelled)$")]
     pub state: Option<String>,
+    #[schema(value_type = Option<Name>)]
     pub kind: Option<String>,
+    #[schema(minimum = 1, maximum = 100_000)]
     pub limit: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PurgeBody {
+    #[schema(pattern = "^(dead|completed|cancelled|available)$")]
     pub state: String,
 }
 
 /// A queue's settings as `PUT /v1/queues/{name}` takes them: each field present replaces the
 /// override, `null` removes it (back to the server default), absent leaves it alone.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueuePatch {
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 100_000)]
     pub concurrency: Option<Option<i64>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     pub max_attempts: Option<Option<i64>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 86_400_000)]
     pub timeout_ms: Option<Option<i64>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<BackoffBody>)]
     pub backoff: Option<Option<BackoffBody>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<RetentionBody>)]
     pub retention: Option<Option<RetentionBody>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<RateLimitBody>)]
     pub rate_limit: Option<Option<RateLimitBody>>,
     /// Push mode; `null` returns the queue to pull mode.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<crate::target::TargetBody>)]
     pub target: Option<Option<crate::target::TargetBody>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitBody {
+    #[schema(exclusive_minimum = 0, maximum = 1_000_000)]
     pub per_second: f64,
     /// Default: `per_second` rounded up (at least 1).
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub burst: Option<i64>,
 }
 
 /// The highest rate limit accepted, jobs per second.
 pub const MAX_RATE_PER_SECOND: f64 = 1_000_000.0;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionBody {
+    #[schema(minimum = 0)]
     pub completed_ms: i64,
+    #[schema(minimum = 0)]
     pub dead_ms: i64,
 }
 
@@ -432,13 +488,14 @@ pub fn parse_state(text: &str, pointer: &str, allowed: &[State]) -> Result<State
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct LeaseView {
     pub token: String,
     pub expires_at: Time,
 }
 
-#[derive(Serialize)]
+/// A job as a lease hands it out: the job and its lease.
+#[derive(Serialize, ToSchema)]
 pub struct LeasedJobView {
     #[serde(flatten)]
     pub job: Job,
@@ -462,12 +519,14 @@ impl From<LeasedJob> for LeasedJobView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct QueueView {
     pub name: String,
     pub paused: bool,
     pub config: keel_core::QueueConfig,
     pub counts: keel_store::Counts,
+    /// How long the oldest available job has waited; null when none is available.
+    #[schema(required, minimum = 0)]
     pub oldest_available_age_ms: Option<i64>,
 }
 

@@ -169,10 +169,55 @@ impl Tally {
                 None => sums.push((name, q, k, 1)),
             }
         }
+        if sums.is_empty() {
+            return;
+        }
+        let mut totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+        let totals = totals.get_or_insert_with(HashMap::new);
         for (name, q, k, n) in sums {
+            let slot = match name {
+                names::ENQUEUED => 0,
+                names::COMPLETED => 1,
+                names::FAILED => 2,
+                _ => 3,
+            };
+            let entry = totals.entry(q.clone()).or_default();
+            entry[slot] += n;
             metrics::counter!(name, "queue" => q, "kind" => k).increment(n);
         }
     }
+}
+
+/// Jobs enqueued, completed, failed (attempts) and dead in one queue since this process started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub enqueued: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub dead: u64,
+}
+
+/// The committed counts per queue label (bounded as the metrics are), by slot
+/// `[enqueued, completed, failed, dead]`.
+static TOTALS: Mutex<Option<HashMap<SharedString, [u64; 4]>>> = Mutex::new(None);
+
+/// What this process has counted per queue so far: the same committed facts as the
+/// `keel_jobs_*_total` counters, summed over kinds (the admin UI's rates come from these).
+pub fn totals() -> Vec<(String, Totals)> {
+    let guard = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+    guard
+        .iter()
+        .flatten()
+        .map(|(q, [e, c, f, d])| {
+            let t = Totals {
+                enqueued: *e,
+                completed: *c,
+                failed: *f,
+                dead: *d,
+            };
+            (q.to_string(), t)
+        })
+        .collect()
 }
 
 /// Reports one write transaction of `backend`: how many calls it carried and how long its

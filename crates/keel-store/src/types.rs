@@ -94,6 +94,7 @@ impl JobPage {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Counts {
     pub scheduled: u64,
     pub available: u64,

@@ -21,20 +21,27 @@ const MAX_PATTERNS: usize = 64;
 const DEFAULT_AUDIT_PAGE: usize = 50;
 const MAX_AUDIT_PAGE: usize = 500;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewTokenBody {
+    #[schema(value_type = crate::openapi::Name)]
     name: String,
+    #[schema(value_type = Role)]
     role: String,
+    /// Queue names or patterns (`*` matches any run of characters); absent: every queue.
+    #[schema(value_type = Option<Vec<crate::openapi::QueuePattern>>, min_items = 1, max_items = 64)]
     queues: Option<Vec<String>>,
 }
 
 /// A token as reads show it: never the secret, never the hash.
-#[derive(Serialize)]
-struct TokenView {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Token)]
+pub(crate) struct TokenView {
     id: Uuid,
     name: String,
     role: Role,
+    /// null: every queue.
+    #[schema(required)]
     queues: Option<Vec<String>>,
     created_at: Time,
     /// Only in the answer to `POST /v1/tokens`, the one time the secret is shown.
@@ -55,6 +62,18 @@ impl From<TokenRecord> for TokenView {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    operation_id = "createToken",
+    summary = "Create an API token (its secret is shown only here)",
+    tag = "admin",
+    request_body = NewTokenBody,
+    responses(
+        (status = 201, description = "The token, with its secret in `token`.", body = TokenView)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn create_token(
     State(st): State<AppState>,
     caller: Caller,
@@ -107,6 +126,17 @@ pub(crate) async fn create_token(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    operation_id = "listTokens",
+    summary = "Every token, without secrets",
+    tag = "admin",
+    responses(
+        (status = 200, description = "Tokens.", body = [TokenView])
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn list_tokens(
     State(st): State<AppState>,
     caller: Caller,
@@ -122,6 +152,20 @@ pub(crate) async fn list_tokens(
     Ok(Json(tokens).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{id}",
+    operation_id = "deleteToken",
+    summary = "Revoke a token at once",
+    tag = "admin",
+    params(
+        ("id" = String, Path, description = "The token's id.")
+    ),
+    responses(
+        (status = 204, description = "Revoked.")
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn delete_token(
     State(st): State<AppState>,
     caller: Caller,
@@ -142,13 +186,17 @@ pub(crate) async fn delete_token(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Serialize)]
-struct AuditView {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = AuditPage)]
+pub(crate) struct AuditView {
     entries: Vec<AuditEntryView>,
+    /// Pass as `cursor` for the next page; null on the last.
+    #[schema(required)]
     next_cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = AuditEntry)]
 struct AuditEntryView {
     seq: i64,
     at: Time,
@@ -158,8 +206,11 @@ struct AuditEntryView {
     data: serde_json::Value,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Actor)]
 struct ActorView {
+    /// null: the server itself or the command line.
+    #[schema(required)]
     token_id: Option<Uuid>,
     name: String,
 }
@@ -180,6 +231,21 @@ impl From<AuditEntry> for AuditEntryView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    operation_id = "audit",
+    summary = "Admin changes, newest first",
+    tag = "admin",
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Default 50."),
+        ("cursor" = Option<String>, Query, description = "The next_cursor of the previous page.")
+    ),
+    responses(
+        (status = 200, description = "A page of entries.", body = AuditView)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn audit(
     State(st): State<AppState>,
     caller: Caller,

@@ -3,25 +3,70 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::State;
-use serde_json::{Value, json};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
 
 use crate::AppState;
 use crate::problem::ApiError;
 
-pub(crate) async fn openapi() -> Json<Value> {
-    static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
-    Json(DOC.get_or_init(crate::openapi::document).clone())
+/// The served OpenAPI document, serialised once when the routes are built.
+#[derive(Clone)]
+pub(crate) struct Document(pub(crate) axum::body::Bytes);
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// `ok` from `/healthz`, `ready` from `/readyz`.
+    #[schema(pattern = "^(ok|ready)$")]
+    status: &'static str,
 }
 
-pub(crate) async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    operation_id = "openapi",
+    summary = "This document",
+    tag = "operations",
+    responses(
+        (status = 200, description = "OpenAPI 3.1.", body = Object)
+    ),
+    security(())
+)]
+pub(crate) async fn openapi(Extension(doc): Extension<Document>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], doc.0)
 }
 
-pub(crate) async fn readyz(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    summary = "The process answers",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Alive.", body = Health)
+    ),
+    security(())
+)]
+pub(crate) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    summary = "Storage takes writes",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready.", body = Health),
+        (status = 503, description = "Storage unavailable; see Retry-After.", body = crate::problem::Problem, content_type = "application/problem+json")
+    ),
+    security(())
+)]
+pub(crate) async fn readyz(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
     match tokio::time::timeout(Duration::from_secs(2), st.store.check_ready()).await {
-        Ok(Ok(())) => Ok(Json(json!({"status": "ready"}))),
+        Ok(Ok(())) => Ok(Json(Health { status: "ready" })),
         Ok(Err(e)) => Err(ApiError::StorageUnavailable(e.to_string())),
         Err(_) => Err(ApiError::StorageUnavailable(
             "storage did not answer within 2 s".into(),

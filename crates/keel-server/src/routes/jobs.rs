@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use keel_core::validate::check_name;
 use keel_core::{FieldError, NewJob, State as JobState};
 use keel_store::{JobFilter, StoreError};
-use serde_json::json;
 
 use crate::AppState;
 use crate::auth::{Caller, Need};
@@ -19,14 +18,49 @@ use crate::wire::{BatchBody, EnqueueBody, check_idempotency_key};
 const DEFAULT_LIMIT: i64 = 50;
 
 /// `{"jobs": [...]}` of a batch, plus `next_cursor` (possibly null) for a listing page.
-#[derive(serde::Serialize)]
-struct JobsView<'a> {
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Jobs)]
+pub(crate) struct JobsView<'a> {
     jobs: Vec<&'a keel_core::Job>,
+    /// Listings only: pass as `cursor` for the next page; null on the last.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     next_cursor: Option<Option<String>>,
 }
 const MAX_LIMIT: i64 = 500;
 
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct EventsView<'a> {
+    events: Vec<EventView<'a>>,
+}
+
+/// One event of a job: what happened (`type`, `data`), when, and its place in the store's log.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Event)]
+struct EventView<'a> {
+    seq: i64,
+    at: keel_core::Time,
+    #[serde(flatten)]
+    data: &'a keel_core::EventData,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    operation_id = "enqueue",
+    summary = "Enqueue one job",
+    tag = "jobs",
+    params(
+        ("Idempotency-Key" = Option<crate::openapi::IdempotencyKey>, Header, description = "The same as the body's idempotency_key; give one, or both equal."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context, stored with the job(s) and handed on in leases and push deliveries; ignored when it does not parse.")
+    ),
+    request_body = EnqueueBody,
+    responses(
+        (status = 201, description = "Created; on disk before this answer.", body = keel_core::Job, headers(("Location" = String, description = "The job's URL."))),
+        (status = 200, description = "An identical earlier request with the same idempotency key: its job.", body = keel_core::Job, headers(("Idempotent-Replayed" = String, description = "true")))
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn enqueue(
     State(st): State<AppState>,
     caller: Caller,
@@ -91,6 +125,21 @@ pub(crate) async fn enqueue(
     Ok(res)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/batch",
+    operation_id = "enqueueBatch",
+    summary = "Enqueue up to 1,000 jobs, all or none",
+    tag = "jobs",
+    params(
+        ("traceparent" = Option<String>, Header, description = "W3C trace context, stored with the job(s) and handed on in leases and push deliveries; ignored when it does not parse.")
+    ),
+    request_body = BatchBody,
+    responses(
+        (status = 201, description = "Created (replays come back as their original job).", body = JobsView)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn enqueue_batch(
     State(st): State<AppState>,
     caller: Caller,
@@ -149,6 +198,20 @@ pub(crate) async fn enqueue_batch(
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    operation_id = "getJob",
+    summary = "Read a job",
+    tag = "jobs",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job's id.")
+    ),
+    responses(
+        (status = 200, description = "The job.", body = keel_core::Job)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn get(
     State(st): State<AppState>,
     caller: Caller,
@@ -167,6 +230,20 @@ pub(crate) async fn get(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/events",
+    operation_id = "jobEvents",
+    summary = "A job's history, oldest first",
+    tag = "jobs",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job's id.")
+    ),
+    responses(
+        (status = 200, description = "Events.", body = EventsView)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn events(
     State(st): State<AppState>,
     caller: Caller,
@@ -185,23 +262,39 @@ pub(crate) async fn events(
     }
     match st.store.job_events(id).await? {
         Some(events) => {
-            let events: Vec<_> = events
+            let events = events
                 .iter()
-                .map(|e| {
-                    let mut v = serde_json::to_value(&e.data).unwrap_or_default();
-                    if let Some(obj) = v.as_object_mut() {
-                        obj.insert("seq".into(), json!(e.seq));
-                        obj.insert("at".into(), json!(e.at));
-                    }
-                    v
+                .map(|e| EventView {
+                    seq: e.seq,
+                    at: e.at,
+                    data: &e.data,
                 })
                 .collect();
-            Ok(Json(json!({ "events": events })).into_response())
+            Ok(Json(EventsView { events }).into_response())
         }
         None => Err(ApiError::NotFound(format!("no job has id {id}"))),
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    operation_id = "listJobs",
+    summary = "List jobs, newest first",
+    tag = "jobs",
+    params(
+        ("queue" = Option<crate::openapi::Name>, Query),
+        ("kind" = Option<crate::openapi::Name>, Query),
+        ("tag" = Option<crate::openapi::Name>, Query),
+        ("state" = Option<keel_core::State>, Query),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Default 50."),
+        ("cursor" = Option<uuid::Uuid>, Query, description = "The next_cursor of the previous page.")
+    ),
+    responses(
+        (status = 200, description = "A page of jobs.", body = JobsView)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn list(
     State(st): State<AppState>,
     caller: Caller,
@@ -267,6 +360,20 @@ pub(crate) async fn list(
     .into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/cancel",
+    operation_id = "cancelJob",
+    summary = "Cancel a job that is not final",
+    tag = "jobs",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job's id.")
+    ),
+    responses(
+        (status = 200, description = "The job.", body = keel_core::Job)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn cancel(
     State(st): State<AppState>,
     caller: Caller,
@@ -279,6 +386,20 @@ pub(crate) async fn cancel(
     Ok(Json(job).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/retry",
+    operation_id = "retryJob",
+    summary = "A dead or cancelled job back to available",
+    tag = "jobs",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job's id.")
+    ),
+    responses(
+        (status = 200, description = "The job.", body = keel_core::Job)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn retry(
     State(st): State<AppState>,
     caller: Caller,

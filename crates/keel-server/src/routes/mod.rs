@@ -2,24 +2,25 @@
 
 mod admin;
 mod health;
-mod jobs;
-mod queues;
+pub(crate) mod jobs;
+pub(crate) mod queues;
 mod schedules;
 mod schemas;
 mod workers;
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, Response};
 use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::{Extension, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::auth::authenticate;
@@ -32,63 +33,53 @@ const OPS_BUDGET: usize = 64;
 pub(crate) fn router(state: AppState) -> Router {
     let body_limit = state.config.limits.max_body_bytes;
     // The job API: shed (outermost) → authenticate → handler. `route_layer` keeps unmatched
-    // paths out of both, so a 404 costs nothing and needs no token.
-    let api = Router::new()
-        .route("/v1/jobs", post(jobs::enqueue).get(jobs::list))
-        .route("/v1/jobs/batch", post(jobs::enqueue_batch))
-        .route("/v1/jobs/{id}", get(jobs::get))
-        .route("/v1/jobs/{id}/events", get(jobs::events))
-        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/v1/jobs/{id}/retry", post(jobs::retry))
-        .route("/v1/jobs/{id}/heartbeat", post(workers::heartbeat))
-        .route("/v1/jobs/{id}/complete", post(workers::complete))
-        .route("/v1/jobs/{id}/fail", post(workers::fail))
-        .route("/v1/lease", post(workers::lease))
-        .route("/v1/ack", post(workers::ack))
-        .route("/v1/queues", get(queues::list))
-        .route("/v1/queues/{name}", get(queues::get).put(queues::put))
-        .route("/v1/queues/{name}/pause", post(queues::pause))
-        .route("/v1/queues/{name}/resume", post(queues::resume))
-        .route("/v1/queues/{name}/replay", post(queues::replay))
-        .route("/v1/queues/{name}/purge", post(queues::purge))
-        .route("/v1/targets", get(queues::targets))
-        .route(
-            "/v1/tokens",
-            post(admin::create_token).get(admin::list_tokens),
-        )
-        .route(
-            "/v1/tokens/{id}",
-            axum::routing::delete(admin::delete_token),
-        )
-        .route("/v1/audit", get(admin::audit))
-        .route("/v1/schemas", get(schemas::list))
-        .route(
-            "/v1/schemas/{kind}",
-            get(schemas::get).put(schemas::put).delete(schemas::delete),
-        )
-        .route("/v1/schedules", get(schedules::list))
-        .route(
-            "/v1/schedules/{name}",
-            get(schedules::get)
-                .put(schedules::put)
-                .delete(schedules::delete),
-        )
-        .route("/v1/schedules/{name}/pause", post(schedules::pause))
-        .route("/v1/schedules/{name}/resume", post(schedules::resume))
+    // paths out of both, so a 404 costs nothing and needs no token. Handlers are registered
+    // with utoipa-axum's `routes!`, which takes each one's path and method from its
+    // `#[utoipa::path]`: the route table and the OpenAPI document are one list.
+    let api = OpenApiRouter::new()
+        .routes(routes!(jobs::enqueue, jobs::list))
+        .routes(routes!(jobs::enqueue_batch))
+        .routes(routes!(jobs::get))
+        .routes(routes!(jobs::events))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::retry))
+        .routes(routes!(workers::heartbeat))
+        .routes(routes!(workers::complete))
+        .routes(routes!(workers::fail))
+        .routes(routes!(workers::lease))
+        .routes(routes!(workers::ack))
+        .routes(routes!(queues::list))
+        .routes(routes!(queues::get, queues::put))
+        .routes(routes!(queues::pause))
+        .routes(routes!(queues::resume))
+        .routes(routes!(queues::replay))
+        .routes(routes!(queues::purge))
+        .routes(routes!(queues::targets))
+        .routes(routes!(admin::create_token, admin::list_tokens))
+        .routes(routes!(admin::delete_token))
+        .routes(routes!(admin::audit))
+        .routes(routes!(schemas::list))
+        .routes(routes!(schemas::get, schemas::put, schemas::delete))
+        .routes(routes!(schedules::list))
+        .routes(routes!(schedules::get, schedules::put, schedules::delete))
+        .routes(routes!(schedules::pause))
+        .routes(routes!(schedules::resume))
         .route_layer(from_fn_with_state(state.clone(), authenticate))
         .route_layer(from_fn_with_state(
             Budget::new(state.config.max_in_flight),
             shed,
         ));
-    let ops = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/v1/openapi.json", get(health::openapi))
-        .route("/metrics", get(crate::metrics::scrape))
+    let ops = OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::openapi))
+        .routes(routes!(crate::metrics::scrape))
         .route_layer(from_fn_with_state(Budget::new(OPS_BUDGET), shed));
-    Router::new()
-        .merge(api)
-        .merge(ops)
+    let (routes, api_doc) = api.merge(ops).split_for_parts();
+    let doc = serde_json::to_vec(&crate::openapi::document(api_doc)).unwrap_or_default();
+    routes
+        .layer(Extension(health::Document(doc.into())))
+        .merge(crate::ui::router(state.clone()))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

@@ -6,7 +6,6 @@ use axum::response::{IntoResponse, Response};
 use keel_core::validate::check_name;
 use keel_core::{FieldError, QueueOverrides, State as JobState};
 use keel_store::ReplayFilter;
-use serde_json::json;
 
 use crate::AppState;
 use crate::auth::{Caller, Need};
@@ -33,6 +32,17 @@ fn existing_name(name: &str) -> Result<&str, ApiError> {
     check_name(name).map(|()| name).map_err(|_| no_queue(name))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/queues",
+    operation_id = "listQueues",
+    summary = "Every queue the token may see",
+    tag = "queues",
+    responses(
+        (status = 200, description = "Queues.", body = [QueueView])
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn list(State(st): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     caller.require(Need::ReadQueues)?;
     let queues: Vec<QueueView> = st
@@ -46,6 +56,20 @@ pub(crate) async fn list(State(st): State<AppState>, caller: Caller) -> Result<R
     Ok(Json(queues).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/queues/{name}",
+    operation_id = "getQueue",
+    summary = "Read a queue",
+    tag = "queues",
+    params(
+        ("name" = crate::openapi::Name, Path, description = "The queue's name.")
+    ),
+    responses(
+        (status = 200, description = "The queue.", body = QueueView)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn get(
     State(st): State<AppState>,
     caller: Caller,
@@ -59,6 +83,21 @@ pub(crate) async fn get(
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/queues/{name}",
+    operation_id = "configureQueue",
+    summary = "Change a queue's settings (null resets one)",
+    tag = "queues",
+    params(
+        ("name" = crate::openapi::Name, Path, description = "The queue's name.")
+    ),
+    request_body = QueuePatch,
+    responses(
+        (status = 200, description = "The queue.", body = QueueView)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn put(
     State(st): State<AppState>,
     caller: Caller,
@@ -108,6 +147,20 @@ async fn set_paused(
     Ok(Json(QueueView::from(q)).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/pause",
+    operation_id = "pauseQueue",
+    summary = "Stop handing out the queue's jobs",
+    tag = "queues",
+    params(
+        ("name" = crate::openapi::Name, Path, description = "The queue's name.")
+    ),
+    responses(
+        (status = 200, description = "The queue.", body = QueueView)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn pause(
     State(st): State<AppState>,
     caller: Caller,
@@ -116,6 +169,20 @@ pub(crate) async fn pause(
     set_paused(st, caller, name, true).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/resume",
+    operation_id = "resumeQueue",
+    summary = "Hand out the queue's jobs again",
+    tag = "queues",
+    params(
+        ("name" = crate::openapi::Name, Path, description = "The queue's name.")
+    ),
+    responses(
+        (status = 200, description = "The queue.", body = QueueView)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn resume(
     State(st): State<AppState>,
     caller: Caller,
@@ -124,6 +191,21 @@ pub(crate) async fn resume(
     set_paused(st, caller, name, false).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/replay",
+    operation_id = "replayQueue",
+    summary = "Dead (or cancelled) jobs back to available",
+    tag = "queues",
+    params(
+        ("name" = crate::openapi::Name, Path, description = "The queue's name.")
+    ),
+    request_body = ReplayBody,
+    responses(
+        (status = 200, description = "How many.", body = Replayed)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn replay(
     State(st): State<AppState>,
     caller: Caller,
@@ -161,9 +243,24 @@ pub(crate) async fn replay(
         .await
         .map_err(queue_error(name))?;
     tracing::info!(message = "Queue replayed.", queue = %name, replayed = n);
-    Ok(Json(json!({ "replayed": n })).into_response())
+    Ok(Json(Replayed { replayed: n }).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/purge",
+    operation_id = "purgeQueue",
+    summary = "Delete the queue's jobs in one state",
+    tag = "queues",
+    params(
+        ("name" = crate::openapi::Name, Path, description = "The queue's name.")
+    ),
+    request_body = PurgeBody,
+    responses(
+        (status = 200, description = "How many.", body = Purged)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn purge(
     State(st): State<AppState>,
     caller: Caller,
@@ -186,10 +283,31 @@ pub(crate) async fn purge(
         .await
         .map_err(queue_error(name))?;
     tracing::info!(message = "Queue purged.", queue = %name, state = %state, purged = n);
-    Ok(Json(json!({ "purged": n })).into_response())
+    Ok(Json(Purged { purged: n }).into_response())
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Replayed {
+    replayed: u64,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Purged {
+    purged: u64,
 }
 
 /// `GET /v1/targets`: every push origin with its breaker (this node's view).
+#[utoipa::path(
+    get,
+    path = "/v1/targets",
+    operation_id = "listTargets",
+    summary = "Push origins and their circuit breakers (this node's view)",
+    tag = "queues",
+    responses(
+        (status = 200, description = "Origins.", body = [crate::push::OriginView])
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn targets(
     State(st): State<AppState>,
     caller: Caller,

@@ -21,14 +21,22 @@ use crate::extract::Body;
 use crate::problem::ApiError;
 use crate::wire::EnqueueBody;
 
-#[derive(Deserialize)]
+/// A schedule: `cron` (in `timezone`, default UTC) or `every_ms`, not both.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ScheduleBody {
+    /// 5 fields (or 6 with seconds first), or @hourly/@daily/@weekly/@monthly/@yearly.
+    #[schema(max_length = 256)]
     cron: Option<String>,
+    /// An IANA zone name; cron only.
     timezone: Option<String>,
+    #[schema(minimum = 1_000, maximum = 31_622_400_000i64)]
     every_ms: Option<i64>,
+    #[schema(value_type = Option<CatchUp>)]
     catch_up: Option<String>,
     paused: Option<bool>,
+    /// The job each tick enqueues: `run_at`, `delay_ms` and `idempotency_key` are refused
+    /// (each tick's job runs at the tick and is keyed `schedule:<name>:<tick>`).
     job: EnqueueBody,
 }
 
@@ -102,8 +110,9 @@ impl ScheduleBody {
     }
 }
 
-#[derive(Serialize)]
-struct ScheduleView {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Schedule)]
+pub(crate) struct ScheduleView {
     name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     cron: Option<String>,
@@ -114,18 +123,23 @@ struct ScheduleView {
     catch_up: CatchUp,
     paused: bool,
     job: JobTemplate,
+    #[schema(required)]
     next_run_at: Option<Time>,
+    #[schema(required)]
     last_tick_at: Option<Time>,
     created_at: Time,
     updated_at: Time,
     runs: Vec<RunView>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ScheduleRun)]
 struct RunView {
     tick_at: Time,
     fired_at: Time,
+    #[schema(pattern = "^(enqueued|duplicate|skipped)$")]
     outcome: &'static str,
+    #[schema(required)]
     job_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     skipped_until: Option<Time>,
@@ -194,6 +208,22 @@ async fn visible(
         .filter(|s| caller.sees(&s.spec.job.queue)))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/schedules/{name}",
+    operation_id = "putSchedule",
+    summary = "Create or replace a schedule (cron in a time zone, or every_ms)",
+    tag = "schedules",
+    params(
+        ("name" = crate::openapi::Name, Path, description = "The schedule's name.")
+    ),
+    request_body = ScheduleBody,
+    responses(
+        (status = 201, description = "Created.", body = ScheduleView),
+        (status = 200, description = "Replaced.", body = ScheduleView)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn put(
     State(st): State<AppState>,
     caller: Caller,
@@ -234,6 +264,20 @@ pub(crate) async fn put(
     Ok((status, Json(ScheduleView::from(record))).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/schedules/{name}",
+    operation_id = "getSchedule",
+    summary = "A schedule",
+    tag = "schedules",
+    params(
+        ("name" = crate::openapi::Name, Path, description = "The schedule's name.")
+    ),
+    responses(
+        (status = 200, description = "The schedule.", body = ScheduleView)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn get(
     State(st): State<AppState>,
     caller: Caller,
@@ -246,6 +290,17 @@ pub(crate) async fn get(
     Ok(Json(ScheduleView::from(record)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/schedules",
+    operation_id = "listSchedules",
+    summary = "Every schedule, with its next tick and latest runs",
+    tag = "schedules",
+    responses(
+        (status = 200, description = "Schedules.", body = [ScheduleView])
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn list(State(st): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     caller.require(Need::ReadSchedules)?;
     let all: Vec<ScheduleView> = st
@@ -259,6 +314,20 @@ pub(crate) async fn list(State(st): State<AppState>, caller: Caller) -> Result<R
     Ok(Json(all).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/schedules/{name}",
+    operation_id = "deleteSchedule",
+    summary = "Delete a schedule (its jobs stay)",
+    tag = "schedules",
+    params(
+        ("name" = crate::openapi::Name, Path, description = "The schedule's name.")
+    ),
+    responses(
+        (status = 204, description = "Deleted.")
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn delete(
     State(st): State<AppState>,
     caller: Caller,
@@ -295,6 +364,20 @@ async fn set_paused(
     Ok(Json(ScheduleView::from(record)).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/schedules/{name}/pause",
+    operation_id = "pauseSchedule",
+    summary = "Stop firing until resumed",
+    tag = "schedules",
+    params(
+        ("name" = crate::openapi::Name, Path, description = "The schedule's name.")
+    ),
+    responses(
+        (status = 200, description = "The schedule.", body = ScheduleView)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn pause(
     State(st): State<AppState>,
     caller: Caller,
@@ -303,6 +386,20 @@ pub(crate) async fn pause(
     set_paused(st, caller, name, true).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/schedules/{name}/resume",
+    operation_id = "resumeSchedule",
+    summary = "Fire again from the next tick (ticks missed while paused do not run)",
+    tag = "schedules",
+    params(
+        ("name" = crate::openapi::Name, Path, description = "The schedule's name.")
+    ),
+    responses(
+        (status = 200, description = "The schedule.", body = ScheduleView)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn resume(
     State(st): State<AppState>,
     caller: Caller,

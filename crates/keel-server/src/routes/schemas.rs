@@ -16,16 +16,21 @@ use crate::extract::Body;
 use crate::problem::ApiError;
 use crate::schemas::compile;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SchemaBody {
+    /// A JSON Schema (2020-12): an object or a boolean.
     schema: Value,
 }
 
-#[derive(Serialize)]
-struct SchemaView {
+/// A kind's payload schema.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Schema)]
+pub(crate) struct SchemaView {
     kind: String,
+    #[schema(value_type = serde_json::Value)]
     schema: RawJson,
+    #[schema(minimum = 1)]
     version: i64,
     updated_at: Time,
 }
@@ -45,6 +50,22 @@ fn no_schema(kind: &str) -> ApiError {
     ApiError::NotFound(format!("kind {kind:?} has no payload schema"))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/schemas/{kind}",
+    operation_id = "putSchema",
+    summary = "Set a kind's payload schema (JSON Schema 2020-12)",
+    tag = "schemas",
+    params(
+        ("kind" = crate::openapi::Name, Path, description = "The job kind.")
+    ),
+    request_body = SchemaBody,
+    responses(
+        (status = 201, description = "Created.", body = SchemaView),
+        (status = 200, description = "Replaced.", body = SchemaView)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn put(
     State(st): State<AppState>,
     caller: Caller,
@@ -75,6 +96,20 @@ pub(crate) async fn put(
     Ok((status, Json(SchemaView::from(record))).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/schemas/{kind}",
+    operation_id = "getSchema",
+    summary = "A kind's payload schema",
+    tag = "schemas",
+    params(
+        ("kind" = crate::openapi::Name, Path, description = "The job kind.")
+    ),
+    responses(
+        (status = 200, description = "The schema.", body = SchemaView)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn get(
     State(st): State<AppState>,
     caller: Caller,
@@ -91,6 +126,17 @@ pub(crate) async fn get(
     Ok(Json(SchemaView::from(record)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/schemas",
+    operation_id = "listSchemas",
+    summary = "Every payload schema",
+    tag = "schemas",
+    responses(
+        (status = 200, description = "Schemas.", body = [SchemaView])
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn list(State(st): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     caller.require(Need::ReadSchemas)?;
     let all: Vec<SchemaView> = st
@@ -103,6 +149,20 @@ pub(crate) async fn list(State(st): State<AppState>, caller: Caller) -> Result<R
     Ok(Json(all).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/schemas/{kind}",
+    operation_id = "deleteSchema",
+    summary = "Stop checking a kind's payloads",
+    tag = "schemas",
+    params(
+        ("kind" = crate::openapi::Name, Path, description = "The job kind.")
+    ),
+    responses(
+        (status = 204, description = "Deleted.")
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn delete(
     State(st): State<AppState>,
     caller: Caller,

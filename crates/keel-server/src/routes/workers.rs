@@ -7,7 +7,6 @@ use axum::response::{IntoResponse, Response};
 use keel_core::FieldError;
 use keel_core::validate::check_range;
 use keel_store::{LeaseRequest, Outcome, OutcomeKind, StoreError};
-use serde_json::json;
 
 use crate::AppState;
 use crate::auth::{Caller, Need};
@@ -24,6 +23,18 @@ const MAX_QUEUES_PER_LEASE: usize = 64;
 const MAX_ERROR_MESSAGE: usize = 8_192;
 const MAX_WORKER_LEN: usize = 255;
 
+#[utoipa::path(
+    post,
+    path = "/v1/lease",
+    operation_id = "lease",
+    summary = "Lease jobs, waiting up to wait_ms for work",
+    tag = "workers",
+    request_body = LeaseBody,
+    responses(
+        (status = 200, description = "Leased jobs (possibly none).", body = LeaseResponse)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn lease(
     State(st): State<AppState>,
     caller: Caller,
@@ -89,6 +100,21 @@ pub(crate) async fn lease(
     Ok(Json(LeaseResponse { jobs }).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/heartbeat",
+    operation_id = "heartbeat",
+    summary = "Extend a lease",
+    tag = "workers",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job's id.")
+    ),
+    request_body = HeartbeatBody,
+    responses(
+        (status = 200, description = "The new expiry.", body = Expiry)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn heartbeat(
     State(st): State<AppState>,
     caller: Caller,
@@ -127,9 +153,30 @@ pub(crate) async fn heartbeat(
             st.clock.now(),
         )
         .await?;
-    Ok(Json(json!({ "expires_at": expires_at })).into_response())
+    Ok(Json(Expiry { expires_at }).into_response())
 }
 
+/// When a heartbeaten lease now expires.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Expiry {
+    expires_at: keel_core::Time,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/complete",
+    operation_id = "complete",
+    summary = "Report success",
+    tag = "workers",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job's id.")
+    ),
+    request_body = CompleteBody,
+    responses(
+        (status = 200, description = "The job.", body = keel_core::Job)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn complete(
     State(st): State<AppState>,
     caller: Caller,
@@ -149,6 +196,21 @@ pub(crate) async fn complete(
     single_outcome(&st, &caller, outcome).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/fail",
+    operation_id = "fail",
+    summary = "Report a failure",
+    tag = "workers",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job's id.")
+    ),
+    request_body = FailBody,
+    responses(
+        (status = 200, description = "The job.", body = keel_core::Job)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn fail(
     State(st): State<AppState>,
     caller: Caller,
@@ -221,6 +283,18 @@ fn failure(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/ack",
+    operation_id = "ack",
+    summary = "Report many outcomes; each item succeeds or fails alone",
+    tag = "workers",
+    request_body = AckBody,
+    responses(
+        (status = 200, description = "One result per item.", body = AckResponse)
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn ack(
     State(st): State<AppState>,
     caller: Caller,
@@ -321,21 +395,25 @@ pub(crate) async fn ack(
 
 // Typed response shapes: serialising jobs straight to the body, not through a `Value` tree.
 
-#[derive(serde::Serialize)]
-struct LeaseResponse {
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct LeaseResponse {
     jobs: Vec<LeasedJobView>,
 }
 
-#[derive(serde::Serialize)]
+/// One ack item's outcome: `status` 200 with the job, or the problem's status with its `type` and
+/// `detail`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
 struct AckItemResult {
     id: uuid::Uuid,
     status: u16,
+    #[schema(required)]
     job: Option<keel_core::Job>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     error: Option<serde_json::Value>,
 }
 
-#[derive(serde::Serialize)]
-struct AckResponse {
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct AckResponse {
     items: Vec<AckItemResult>,
 }

@@ -17,4 +17,5 @@ mod push;
 mod queues;
 mod schedules;
 mod schemas;
+mod ui;
 mod workers;
