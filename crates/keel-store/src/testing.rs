@@ -155,7 +155,8 @@ macro_rules! conformance_tests {
             schedule_catch_up_after_downtime_follows_its_mode,
             schedule_pause_update_delete_are_audited_and_keep_the_clock,
             rate_limit_paces_hand_outs_and_wakes_waiters_when_a_token_is_due,
-            import_takes_jobs_and_events_as_they_were
+            import_takes_jobs_and_events_as_they_were,
+            events_are_written_once_each_in_the_order_they_happened
         );
     };
     (@cases required $make:expr; $($case:ident),* $(,)?) => {
@@ -1774,6 +1775,61 @@ pub mod cases {
                 .len(),
             5
         );
+    }
+
+    /// Every change's events reach the log once, in order, with their own job and type, however
+    /// many a request writes (SQLite inserts them in multi-row statements of 64, 16, 4 and 1;
+    /// these batch sizes cross each of those boundaries).
+    pub async fn events_are_written_once_each_in_the_order_they_happened(h: &dyn Harness) {
+        let store = h.open().await;
+        let mut enqueued = vec![];
+        for size in [1, 3, 4, 5, 17, 63, 64, 65, 150] {
+            let out = store
+                .enqueue((0..size).map(|_| job("q")).collect(), T0)
+                .await
+                .unwrap();
+            enqueued.extend(out.into_iter().map(|e| e.job.id));
+        }
+        let leased: Vec<_> = store
+            .lease(lease_req(&["q"], 1_000), T0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.job.id, l.token))
+            .collect();
+        assert_eq!(leased.len(), enqueued.len());
+        let completed: Vec<_> = leased.iter().rev().take(77).cloned().collect();
+        let answers = store
+            .record_outcomes(
+                completed.iter().map(|(id, t)| complete(*id, t)).collect(),
+                Scope::All,
+                T0,
+            )
+            .await
+            .unwrap();
+        assert!(answers.iter().all(|a| a.is_ok()));
+
+        let events = store.export_events(0, 10_000).await.unwrap();
+        let of_type = |t: &str| -> Vec<uuid::Uuid> {
+            events
+                .iter()
+                .filter(|e| e.data.type_name() == t)
+                .map(|e| e.job_id)
+                .collect()
+        };
+        assert_eq!(of_type("enqueued"), enqueued, "enqueued events, in order");
+        let leased_ids: Vec<_> = leased.iter().map(|(id, _)| *id).collect();
+        assert_eq!(of_type("leased"), leased_ids, "leased events, in order");
+        let completed_ids: Vec<_> = completed.iter().map(|(id, _)| *id).collect();
+        assert_eq!(
+            of_type("completed"),
+            completed_ids,
+            "completed events, in order"
+        );
+        assert_eq!(events.len(), enqueued.len() * 2 + completed.len());
+        assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+        let report = store.verify().await.unwrap();
+        assert!(report.mismatched.is_empty(), "{:?}", report.mismatched);
     }
 
     pub async fn import_takes_jobs_and_events_as_they_were(h: &dyn Harness) {

@@ -22,7 +22,7 @@ use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use super::index::{Entry, Index};
-use super::rows::{JOB_COLUMNS, insert_event, insert_job, job_from_row, update_job, uuid_col};
+use super::rows::{EventBuffer, JOB_COLUMNS, insert_job, job_from_row, update_job, uuid_col};
 use super::schedules::{self, ArmedSet, load_armed};
 use crate::StoreError;
 use crate::observe::{self, Tally};
@@ -138,6 +138,8 @@ pub(crate) struct Writer {
     healthy: Arc<AtomicBool>,
     /// The current group's job changes, reported once it commits (`observe.rs`).
     tally: Tally,
+    /// The current request's events, inserted when it is done (`flush_events`).
+    events: EventBuffer,
 }
 
 impl Writer {
@@ -148,6 +150,9 @@ impl Writer {
         signal: watch::Sender<u64>,
         healthy: Arc<AtomicBool>,
     ) -> Result<Writer, StoreError> {
+        // Every statement the writer runs stays prepared (rusqlite keeps 16 by default; the
+        // writer has more than that, counting one multi-row event insert per chunk size).
+        conn.set_prepared_statement_cache_capacity(64);
         let mut writer = Writer {
             conn,
             defaults,
@@ -163,6 +168,7 @@ impl Writer {
             signal,
             healthy,
             tally: Tally::default(),
+            events: EventBuffer::default(),
         };
         writer.reload().map_err(|f| f.0)?;
         Ok(writer)
@@ -256,6 +262,7 @@ impl Writer {
                 close = true;
             }
             done.push(self.handle(req));
+            self.flush_events();
         }
         let committing = Instant::now();
         if self.fatal.is_none()
@@ -381,6 +388,17 @@ impl Writer {
         }
     }
 
+    /// Inserts the events the last request buffered, before its answer is decided: a failure
+    /// fails the group, so no answer claims a change whose events were not written. After a
+    /// failure they are dropped with the rest of the transaction.
+    fn flush_events(&mut self) {
+        if self.fatal.is_some() {
+            self.events.clear();
+        } else if let Err(e) = self.events.flush(&self.conn) {
+            self.fatal = Some(StoreError::sqlite(e));
+        }
+    }
+
     /// Runs a handler unless the group already failed; records a storage failure as the group's.
     pub(super) fn guard<T>(
         &mut self,
@@ -430,7 +448,7 @@ impl Writer {
             return Ok(());
         };
         for ev in events {
-            insert_event(&self.conn, id, now, ev)?;
+            self.events.push(id, now, ev)?;
         }
         self.tally.note(before, after, events, now);
         match (before, after) {
@@ -557,7 +575,7 @@ impl Writer {
             self.ids.continue_after(job.id);
         }
         for ev in &events {
-            insert_event(&self.conn, ev.job_id, ev.at, &ev.data)?;
+            self.events.push(ev.job_id, ev.at, &ev.data)?;
         }
         Ok(Ok(()))
     }
@@ -666,6 +684,8 @@ impl Writer {
     /// Deletes finished jobs past their queue's retention, with their events, and expired
     /// idempotency keys. Returns true when a batch limit was hit (more is due at once).
     fn retention(&mut self, now: Time) -> Result<bool, Fatal> {
+        // No buffered event may outlive the deletion of its job's events.
+        self.events.flush(&self.conn)?;
         let mut more = false;
         let plan: Vec<(String, State, Time)> = self
             .queues
