@@ -20,3 +20,34 @@ async fn a_data_dir_is_used_by_one_store_at_a_time() {
     let again = SqliteStore::open(SqliteConfig::new(dir.path()), keel_store::testing::T0).unwrap();
     again.close().await.unwrap();
 }
+
+/// SQLite-only: the checkpoint thread copies committed pages from the WAL into the database
+/// file while the store is open, though the WAL never reaches the size at which the writer
+/// would checkpoint by itself.
+#[tokio::test]
+async fn the_checkpoint_thread_copies_the_wal_into_the_database_file() {
+    use keel_store::{SqliteConfig, SqliteStore, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let config = SqliteConfig::new(dir.path());
+    let (db, wal) = (config.db_path(), dir.path().join("keel.db-wal"));
+    let store = SqliteStore::open(config, keel_store::testing::T0).unwrap();
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let before = size(&db);
+    for _ in 0..20 {
+        let jobs = (0..100).map(|_| keel_store::testing::job("q")).collect();
+        store.enqueue(jobs, keel_store::testing::T0).await.unwrap();
+    }
+    // Frames are a 24-byte header and a 4 KiB page; 4,000 is the writer's own threshold.
+    let frames = size(&wal).saturating_sub(32) / (4096 + 24);
+    assert!(frames < 4_000, "the WAL grew to {frames} frames");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while size(&db) < before + 100 * 4096 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {} bytes (from {before}); the WAL holds {frames} frames",
+            size(&db)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    store.close().await.unwrap();
+}

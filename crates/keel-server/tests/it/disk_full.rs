@@ -131,3 +131,41 @@ async fn a_full_disk_answers_507_loses_nothing_and_recovers() {
     drop(conn);
     drop(fs);
 }
+
+/// Readiness needs free space, not only a last write that succeeded: on SQLite a one-row write
+/// can succeed in reused WAL space on a disk with no room for anything larger, so a store with
+/// under 1 MiB free on its filesystem reports 503 though no write has failed.
+#[tokio::test]
+async fn readiness_needs_free_space_not_only_a_successful_last_write() {
+    let Some(fs) = Tmpfs::mount("8m") else {
+        eprintln!(
+            "SKIPPED readiness_needs_free_space_not_only_a_successful_last_write: mounting a tmpfs needs root"
+        );
+        return;
+    };
+    let s = TestServer::start_in(ServerConfig::default(), fs.path.join("keel"), ()).await;
+    s.enqueue(json!({"queue": "q", "kind": "k", "payload": {"n": 1}}))
+        .await;
+    let (ready, body, _) = s.call_as(None, "GET", "/readyz", None).await;
+    assert_eq!(ready, 200, "{body}");
+
+    // Fill the disk, then give back 512 KiB: room for small writes, less than readiness asks.
+    let filler = fill(&fs.path);
+    let full = std::fs::metadata(&filler).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(full - 512 * 1024)
+        .unwrap();
+    let (ready, body, _) = s.call_as(None, "GET", "/readyz", None).await;
+    assert_eq!(ready, 503, "{body}");
+    assert!(
+        body.to_string().contains("free"),
+        "the answer says why: {body}"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let (ready, body, _) = s.call_as(None, "GET", "/readyz", None).await;
+    assert_eq!(ready, 200, "{body}");
+}

@@ -7,6 +7,7 @@
 
 mod access;
 pub mod backup;
+mod checkpoint;
 mod index;
 mod rows;
 mod schedules;
@@ -62,11 +63,16 @@ pub struct SqliteStore {
     dir_lock: Mutex<Option<std::fs::File>>,
     requests: mpsc::Sender<Request>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Stops when the writer does (it holds the checkpointer's only `Nudge`).
+    checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
     readers: Arc<ReadPool>,
     defaults: QueueConfig,
     signal: watch::Receiver<u64>,
     healthy: Arc<AtomicBool>,
 }
+
+/// Below this much free space on the data dir's filesystem the store reports not ready.
+const READY_MIN_FREE_BYTES: u64 = 1024 * 1024;
 
 impl SqliteStore {
     /// Opens (creating if needed) the store in `config.data_dir`, migrates it and starts the writer.
@@ -82,12 +88,14 @@ impl SqliteStore {
 
         let (signal_tx, signal) = watch::channel(0);
         let healthy = Arc::new(AtomicBool::new(true));
+        let (checkpointer, nudge) = checkpoint::start(&path)?;
         let writer = Writer::new(
             conn,
             config.defaults.clone(),
             config.idempotency_ttl_ms,
             signal_tx,
             healthy.clone(),
+            nudge,
         )?;
         let (requests, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -98,6 +106,7 @@ impl SqliteStore {
             dir_lock: Mutex::new(Some(dir_lock)),
             requests,
             writer: Mutex::new(Some(handle)),
+            checkpointer: Mutex::new(Some(checkpointer)),
             readers: Arc::new(ReadPool {
                 path,
                 idle: Mutex::new(Vec::new()),
@@ -568,10 +577,21 @@ impl Store for SqliteStore {
 
     async fn check_ready(&self) -> Result<(), StoreError> {
         self.call(|reply| Request::Ping { reply }).await?;
-        if self.healthy.load(Ordering::Relaxed) {
-            Ok(())
-        } else {
-            Err(StoreError::Unavailable("the last write failed".into()))
+        if !self.healthy.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable("the last write failed".into()));
+        }
+        // A write that succeeded is not proof enough: a small one can reuse WAL space a
+        // checkpoint freed while the filesystem has no room left for anything larger.
+        match rustix::fs::statvfs(&self.readers.path) {
+            Ok(fs) if fs.f_bavail.saturating_mul(fs.f_frsize) < READY_MIN_FREE_BYTES => {
+                Err(StoreError::Unavailable(format!(
+                    "the data dir's filesystem has less than {} KiB free",
+                    READY_MIN_FREE_BYTES / 1024
+                )))
+            }
+            Ok(_) => Ok(()),
+            // Free space cannot be read here (an unusual filesystem): the write probe decides.
+            Err(_) => Ok(()),
         }
     }
 
@@ -622,6 +642,16 @@ impl Store for SqliteStore {
                 .await
                 .map_err(|e| StoreError::Internal(e.to_string()))?
                 .map_err(|_| StoreError::Internal("the writer thread panicked".into()))?;
+        }
+        let checkpointer = self
+            .checkpointer
+            .lock()
+            .map_err(|_| StoreError::Internal("checkpointer handle poisoned".into()))?
+            .take();
+        if let Some(c) = checkpointer {
+            tokio::task::spawn_blocking(move || c.join())
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))?;
         }
         // The file is written and the writer gone: another store may open the data dir now.
         if let Ok(mut lock) = self.dir_lock.lock() {

@@ -21,6 +21,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
+use super::checkpoint::{Nudge, WRITER_FALLBACK_PAGES};
 use super::index::{Entry, Index};
 use super::rows::{EventBuffer, JOB_COLUMNS, insert_job, job_from_row, update_job, uuid_col};
 use super::schedules::{self, ArmedSet, load_armed};
@@ -140,6 +141,8 @@ pub(crate) struct Writer {
     tally: Tally,
     /// The current request's events, inserted when it is done (`flush_events`).
     events: EventBuffer,
+    /// Asks the checkpoint thread to copy the WAL into the database file (`checkpoint.rs`).
+    checkpoint: Nudge,
 }
 
 impl Writer {
@@ -149,10 +152,14 @@ impl Writer {
         idempotency_ttl_ms: i64,
         signal: watch::Sender<u64>,
         healthy: Arc<AtomicBool>,
+        checkpoint: Nudge,
     ) -> Result<Writer, StoreError> {
         // Every statement the writer runs stays prepared (rusqlite keeps 16 by default; the
         // writer has more than that, counting one multi-row event insert per chunk size).
         conn.set_prepared_statement_cache_capacity(64);
+        // The checkpoint thread copies the WAL; the writer checkpoints only if it falls behind.
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_FALLBACK_PAGES)
+            .map_err(StoreError::sqlite)?;
         let mut writer = Writer {
             conn,
             defaults,
@@ -169,6 +176,7 @@ impl Writer {
             healthy,
             tally: Tally::default(),
             events: EventBuffer::default(),
+            checkpoint,
         };
         writer.reload().map_err(|f| f.0)?;
         Ok(writer)
@@ -279,6 +287,7 @@ impl Writer {
                 // tick with nothing due, a ping) commits even on a full disk.
                 if self.conn.total_changes() > changes_before {
                     self.healthy.store(true, Ordering::Relaxed);
+                    self.checkpoint.after_commit();
                 }
                 // Something became due sooner: the timer loop must re-plan its sleep.
                 let due_after = self.next_due();
