@@ -583,7 +583,11 @@ impl Store for SqliteStore {
         // A write that succeeded is not proof enough: a small one can reuse WAL space a
         // checkpoint freed while the filesystem has no room left for anything larger.
         match rustix::fs::statvfs(&self.readers.path) {
-            Ok(fs) if fs.f_bavail.saturating_mul(fs.f_frsize) < READY_MIN_FREE_BYTES => {
+            // (A filesystem that reports no size at all, `f_blocks` 0, is not judged by it.)
+            Ok(fs)
+                if fs.f_blocks > 0
+                    && fs.f_bavail.saturating_mul(fs.f_frsize) < READY_MIN_FREE_BYTES =>
+            {
                 Err(StoreError::Unavailable(format!(
                     "the data dir's filesystem has less than {} KiB free",
                     READY_MIN_FREE_BYTES / 1024
