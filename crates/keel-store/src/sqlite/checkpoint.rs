@@ -13,7 +13,7 @@
 //! - A failed checkpoint is logged and retried on the next commit; it changes nothing.
 
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,26 +28,20 @@ pub(crate) const WRITER_FALLBACK_PAGES: u32 = 4_000;
 /// written many times is copied once) instead of chasing every commit.
 const MIN_INTERVAL: Duration = Duration::from_millis(20);
 
-/// The running checkpointer; the writer nudges it after each commit that wrote something.
-pub(crate) struct Checkpointer {
-    handle: JoinHandle<()>,
-}
-
 /// What the writer holds: a non-blocking nudge. Dropping it stops the checkpointer.
-#[derive(Clone)]
 pub(crate) struct Nudge(SyncSender<()>);
 
 impl Nudge {
-    /// Asks for a checkpoint; never blocks (a pending nudge already covers this one).
+    /// Asks for a checkpoint; never blocks. A full channel means a nudge is already pending,
+    /// which covers this one; a closed one means the checkpointer is gone (closing).
     pub(crate) fn after_commit(&self) {
-        match self.0.try_send(()) {
-            Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
-        }
+        let _ = self.0.try_send(());
     }
 }
 
-/// Opens the checkpointer's connection on `path` and starts its thread.
-pub(crate) fn start(path: &Path) -> Result<(Checkpointer, Nudge), StoreError> {
+/// Opens the checkpointer's connection on `path` and starts its thread, which ends once the
+/// `Nudge` is dropped (the writer's, when the writer stops).
+pub(crate) fn start(path: &Path) -> Result<(JoinHandle<()>, Nudge), StoreError> {
     let conn = Connection::open(path).map_err(StoreError::sqlite)?;
     super::schema::configure(&conn).map_err(StoreError::sqlite)?;
     let (nudge, rx) = mpsc::sync_channel(1);
@@ -55,17 +49,7 @@ pub(crate) fn start(path: &Path) -> Result<(Checkpointer, Nudge), StoreError> {
         .name("keel-checkpoint".into())
         .spawn(move || run(&conn, &rx))
         .map_err(|e| StoreError::Internal(format!("cannot start the checkpoint thread: {e}")))?;
-    Ok((Checkpointer { handle }, Nudge(nudge)))
-}
-
-impl Checkpointer {
-    /// Waits for the thread to finish; it stops once every `Nudge` is dropped (the writer's,
-    /// when the writer stops).
-    pub(crate) fn join(self) {
-        if self.handle.join().is_err() {
-            tracing::error!(message = "The checkpoint thread panicked.");
-        }
-    }
+    Ok((handle, Nudge(nudge)))
 }
 
 fn run(conn: &Connection, nudges: &Receiver<()>) {

@@ -64,7 +64,7 @@ pub struct SqliteStore {
     requests: mpsc::Sender<Request>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Stops when the writer does (it holds the checkpointer's only `Nudge`).
-    checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
+    checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Arc<ReadPool>,
     defaults: QueueConfig,
     signal: watch::Receiver<u64>,
@@ -636,33 +636,33 @@ impl Store for SqliteStore {
     async fn close(&self) -> Result<(), StoreError> {
         // Closing twice is fine: the second finds the writer gone.
         let _ = self.call(|reply| Request::Close { reply }).await;
-        let handle = self
-            .writer
-            .lock()
-            .map_err(|_| StoreError::Internal("writer handle poisoned".into()))?
-            .take();
-        if let Some(handle) = handle {
-            tokio::task::spawn_blocking(move || handle.join())
-                .await
-                .map_err(|e| StoreError::Internal(e.to_string()))?
-                .map_err(|_| StoreError::Internal("the writer thread panicked".into()))?;
-        }
-        let checkpointer = self
-            .checkpointer
-            .lock()
-            .map_err(|_| StoreError::Internal("checkpointer handle poisoned".into()))?
-            .take();
-        if let Some(c) = checkpointer {
-            tokio::task::spawn_blocking(move || c.join())
-                .await
-                .map_err(|e| StoreError::Internal(e.to_string()))?;
-        }
+        // The writer first: the checkpointer stops when the writer's nudge is dropped.
+        join_thread(&self.writer, "writer").await?;
+        join_thread(&self.checkpointer, "checkpoint").await?;
         // The file is written and the writer gone: another store may open the data dir now.
         if let Ok(mut lock) = self.dir_lock.lock() {
             lock.take();
         }
         Ok(())
     }
+}
+
+/// Waits for a store thread to end (once; a second call finds the slot empty).
+async fn join_thread(
+    slot: &Mutex<Option<std::thread::JoinHandle<()>>>,
+    name: &str,
+) -> Result<(), StoreError> {
+    let handle = slot
+        .lock()
+        .map_err(|_| StoreError::Internal(format!("{name} thread handle poisoned")))?
+        .take();
+    if let Some(handle) = handle {
+        tokio::task::spawn_blocking(move || handle.join())
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+            .map_err(|_| StoreError::Internal(format!("the {name} thread panicked")))?;
+    }
+    Ok(())
 }
 
 fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
