@@ -1,7 +1,7 @@
-//! The SQLite backend: one file (`<data-dir>/keel.db`) in WAL mode with `synchronous=FULL`.
+//! The SQLite backend: one file (`<data-dir>/keel.db`) in WAL mode.
 //!
 //! Writes go to the writer thread (`writer.rs`) over a channel and are answered after their group
-//! commits. Reads use a small pool of read-only connections on blocking threads; WAL lets them
+//! commits and the sync thread (`sync.rs`) has fsynced the WAL past that commit. Reads use a small pool of read-only connections on blocking threads; WAL lets them
 //! run beside the writer, and since writes answer only after commit, a read that follows an
 //! acknowledged write sees it.
 
@@ -12,7 +12,10 @@ mod index;
 mod rows;
 mod schedules;
 mod schema;
+mod sync;
 mod writer;
+
+pub use self::sync::SyncHook;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +44,9 @@ pub struct SqliteConfig {
     pub defaults: QueueConfig,
     /// How long an idempotency key is remembered.
     pub idempotency_ttl_ms: i64,
+    /// Runs before each fsync of the WAL (`sync.rs`); for tests that hold one back or fail it.
+    #[doc(hidden)]
+    pub sync_hook: Option<SyncHook>,
 }
 
 impl SqliteConfig {
@@ -49,6 +55,7 @@ impl SqliteConfig {
             data_dir: data_dir.into(),
             defaults: QueueConfig::default(),
             idempotency_ttl_ms: 24 * 3_600_000,
+            sync_hook: None,
         }
     }
 
@@ -63,6 +70,8 @@ pub struct SqliteStore {
     dir_lock: Mutex<Option<std::fs::File>>,
     requests: mpsc::Sender<Request>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Answers each group once its commit is on disk; stops when the writer does.
+    syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Stops when the writer does (it holds the checkpointer's only `Nudge`).
     checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Arc<ReadPool>,
@@ -89,6 +98,7 @@ impl SqliteStore {
         let (signal_tx, signal) = watch::channel(0);
         let healthy = Arc::new(AtomicBool::new(true));
         let (checkpointer, nudge) = checkpoint::start(&path)?;
+        let (syncer, to_syncer) = sync::start(&path, healthy.clone(), config.sync_hook.clone())?;
         let writer = Writer::new(
             conn,
             config.defaults.clone(),
@@ -96,6 +106,7 @@ impl SqliteStore {
             signal_tx,
             healthy.clone(),
             nudge,
+            to_syncer,
         )?;
         let (requests, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -106,6 +117,7 @@ impl SqliteStore {
             dir_lock: Mutex::new(Some(dir_lock)),
             requests,
             writer: Mutex::new(Some(handle)),
+            syncer: Mutex::new(Some(syncer)),
             checkpointer: Mutex::new(Some(checkpointer)),
             readers: Arc::new(ReadPool {
                 path,
@@ -636,8 +648,9 @@ impl Store for SqliteStore {
     async fn close(&self) -> Result<(), StoreError> {
         // Closing twice is fine: the second finds the writer gone.
         let _ = self.call(|reply| Request::Close { reply }).await;
-        // The writer first: the checkpointer stops when the writer's nudge is dropped.
+        // The writer first: the syncer and the checkpointer stop when it drops their channels.
         join_thread(&self.writer, "writer").await?;
+        join_thread(&self.syncer, "sync").await?;
         join_thread(&self.checkpointer, "checkpoint").await?;
         // The file is written and the writer gone: another store may open the data dir now.
         if let Ok(mut lock) = self.dir_lock.lock() {

@@ -31,7 +31,8 @@ pub(crate) fn migrate(conn: &mut Connection, now_ms: i64) -> rusqlite::Result<()
     tx.commit()
 }
 
-/// Settings every connection gets. `synchronous=FULL` makes each commit fsync the WAL.
+/// Settings every connection gets. `synchronous=FULL` makes each commit fsync the WAL; the
+/// writer alone turns it down to `NORMAL` and leaves the fsync to the sync thread (`sync.rs`).
 pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "PRAGMA journal_mode=WAL;

@@ -1,7 +1,8 @@
 //! The writer thread: the only code that writes the SQLite file.
 //!
-//! It drains every request waiting on its channel, applies them in one transaction, commits
-//! (one fsync for the whole group) and only then answers each caller. Every job change goes
+//! It drains every request waiting on its channel, applies them in one transaction, commits, and
+//! hands the answers to the sync thread (`sync.rs`), which sends them once an fsync of the WAL
+//! covers the commit; meanwhile the writer takes the next group. Every job change goes
 //! through `save`, which appends the events, writes the row and updates the in-memory index in
 //! step. A storage error rolls back the whole group, answers every caller with it, and rebuilds
 //! the in-memory state from disk, so memory never holds what the disk does not.
@@ -25,8 +26,9 @@ use super::checkpoint::{Nudge, WRITER_FALLBACK_PAGES};
 use super::index::{Entry, Index};
 use super::rows::{EventBuffer, JOB_COLUMNS, insert_job, job_from_row, update_job, uuid_col};
 use super::schedules::{self, ArmedSet, load_armed};
+use super::sync::{Group, Syncer};
 use crate::StoreError;
-use crate::observe::{self, Tally};
+use crate::observe::Tally;
 use crate::rules::{Ids, LiveKeys, Resolved, keys_of, plan_enqueue};
 use crate::types::{Enqueued, LeaseRequest, LeasedJob, Outcome, ReplayFilter, Tick};
 
@@ -143,6 +145,9 @@ pub(crate) struct Writer {
     events: EventBuffer,
     /// Asks the checkpoint thread to copy the WAL into the database file (`checkpoint.rs`).
     checkpoint: Nudge,
+    /// Where each group's answers wait for its fsync (`sync.rs`); after a failed fsync every
+    /// later group is refused.
+    syncer: Syncer,
 }
 
 impl Writer {
@@ -153,12 +158,16 @@ impl Writer {
         signal: watch::Sender<u64>,
         healthy: Arc<AtomicBool>,
         checkpoint: Nudge,
+        syncer: Syncer,
     ) -> Result<Writer, StoreError> {
         // Every statement the writer runs stays prepared (rusqlite keeps 16 by default; the
         // writer has more than that, counting one multi-row event insert per chunk size).
         conn.set_prepared_statement_cache_capacity(64);
         // The checkpoint thread copies the WAL; the writer checkpoints only if it falls behind.
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_FALLBACK_PAGES)
+            .map_err(StoreError::sqlite)?;
+        // COMMIT does not wait for the disk; the syncer does, before anyone is answered.
+        conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(StoreError::sqlite)?;
         let mut writer = Writer {
             conn,
@@ -177,6 +186,7 @@ impl Writer {
             tally: Tally::default(),
             events: EventBuffer::default(),
             checkpoint,
+            syncer,
         };
         writer.reload().map_err(|f| f.0)?;
         Ok(writer)
@@ -253,7 +263,8 @@ impl Writer {
         tracing::debug!(message = "Writer stopped.");
     }
 
-    /// Applies one group in one transaction; returns true when asked to close.
+    /// Applies one group in one transaction and hands its answers to the syncer (`sync.rs`),
+    /// which sends them once the commit is on disk; returns true when asked to close.
     fn process(&mut self, group: Vec<Request>) -> bool {
         let calls = group.len();
         let mut done: Vec<Done> = Vec::with_capacity(calls);
@@ -261,9 +272,16 @@ impl Writer {
         self.wake = false;
         let due_before = self.next_due();
         let changes_before = self.conn.total_changes();
-        self.fatal = match self.conn.execute_batch("BEGIN IMMEDIATE") {
-            Ok(()) => None,
-            Err(e) => Some(StoreError::sqlite(e)),
+        // A failed fsync stops every write until restart (`sync.rs`): nothing is begun.
+        let poisoned = self.syncer.poisoned();
+        let began = poisoned.is_none();
+        self.fatal = match poisoned {
+            Some(e) => Some(e),
+            None => self
+                .conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .err()
+                .map(StoreError::sqlite),
         };
         for req in group {
             if let Request::Close { .. } = req {
@@ -279,34 +297,37 @@ impl Writer {
             self.fatal = Some(StoreError::sqlite(e));
         }
         let fatal = self.fatal.take();
+        let wrote = fatal.is_none() && self.conn.total_changes() > changes_before;
         match &fatal {
             None => {
-                observe::commit("sqlite", calls, committing.elapsed());
-                self.tally.emit();
-                // Only a commit that wrote rows proves the disk takes writes; an empty group (a
-                // tick with nothing due, a ping) commits even on a full disk.
-                if self.conn.total_changes() > changes_before {
-                    self.healthy.store(true, Ordering::Relaxed);
+                if wrote {
                     self.checkpoint.after_commit();
                 }
                 // Something became due sooner: the timer loop must re-plan its sleep.
                 let due_after = self.next_due();
                 self.wake |= due_after.is_some_and(|a| due_before.is_none_or(|b| a < b));
             }
-            Some(e) => {
+            Some(e) if began => {
                 tracing::error!(message = "Write group failed; rolled back.", error = %e);
                 self.tally.clear();
-                self.healthy.store(false, Ordering::Relaxed);
                 let _ = self.conn.execute_batch("ROLLBACK");
                 if let Err(Fatal(e)) = self.reload() {
                     tracing::error!(message = "Could not reload state after a failed write.", error = %e);
                 }
                 self.wake = true;
             }
+            Some(_) => self.tally.clear(),
         }
-        for d in done {
-            d(fatal.as_ref());
-        }
+        self.syncer.send(Group {
+            done,
+            fatal,
+            wrote,
+            tally: std::mem::take(&mut self.tally),
+            committing,
+            calls,
+        });
+        // Woken workers lease in a later group, whose answer waits for its own sync, so they
+        // may start now, while this group's sync runs.
         if self.wake {
             self.signal.send_modify(|n| *n = n.wrapping_add(1));
         }

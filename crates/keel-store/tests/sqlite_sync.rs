@@ -1,0 +1,171 @@
+//! SQLite-only: the writer commits without waiting for the disk and the sync thread fsyncs the
+//! WAL before anyone is answered (`sqlite/sync.rs`). A hook run before each fsync lets these
+//! tests hold a sync back or make it fail; the store, its file and its threads are the real ones.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use keel_store::testing::{T0, job};
+use keel_store::{SqliteConfig, SqliteStore, Store, StoreError, SyncHook};
+
+/// Holds every fsync back while closed; counts the syncs that reached it.
+#[derive(Default)]
+struct Gate {
+    closed: Mutex<bool>,
+    opened: Condvar,
+    reached: AtomicUsize,
+    fail_next: AtomicBool,
+}
+
+impl Gate {
+    fn hook(self: &Arc<Gate>) -> SyncHook {
+        let gate = self.clone();
+        SyncHook(Arc::new(move || {
+            gate.reached.fetch_add(1, Ordering::SeqCst);
+            let mut closed = gate.closed.lock().unwrap();
+            while *closed {
+                closed = gate.opened.wait(closed).unwrap();
+            }
+            if gate.fail_next.swap(false, Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected EIO"));
+            }
+            Ok(())
+        }))
+    }
+
+    fn set_closed(&self, closed: bool) {
+        *self.closed.lock().unwrap() = closed;
+        self.opened.notify_all();
+    }
+
+    async fn wait_reached(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.reached.load(Ordering::SeqCst) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no fsync reached the hook"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+fn open(dir: &std::path::Path, gate: &Arc<Gate>) -> Arc<SqliteStore> {
+    let mut config = SqliteConfig::new(dir);
+    config.sync_hook = Some(gate.hook());
+    Arc::new(SqliteStore::open(config, T0).unwrap())
+}
+
+fn keyed(key: &str) -> keel_core::NewJob {
+    let mut j = job("q");
+    j.idempotency_key = Some(key.to_owned());
+    j
+}
+
+#[tokio::test]
+async fn no_answer_leaves_before_its_commit_is_fsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let store = open(dir.path(), &gate);
+    let reached = gate.reached.load(Ordering::SeqCst);
+    gate.set_closed(true);
+
+    let s = store.clone();
+    let first = tokio::spawn(async move { s.enqueue(vec![keyed("k")], T0).await });
+    gate.wait_reached(reached + 1).await;
+    // The same key again: this group writes nothing, but its answer names the first job, whose
+    // commit is not on disk yet, so it must wait for that sync too.
+    let s = store.clone();
+    let replay = tokio::spawn(async move { s.enqueue(vec![keyed("k")], T0).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !first.is_finished(),
+        "an enqueue was answered before its fsync"
+    );
+    assert!(
+        !replay.is_finished(),
+        "a replay was answered before the fsync of what it names"
+    );
+
+    gate.set_closed(false);
+    let first = first.await.unwrap().unwrap();
+    let replay = replay.await.unwrap().unwrap();
+    assert!(!first[0].replayed);
+    assert!(replay[0].replayed);
+    assert_eq!(first[0].job.id, replay[0].job.id);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_writer_commits_the_next_group_while_a_sync_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let store = open(dir.path(), &gate);
+    let reached = gate.reached.load(Ordering::SeqCst);
+    gate.set_closed(true);
+    let s = store.clone();
+    let first = tokio::spawn(async move { s.enqueue(vec![job("q")], T0).await });
+    gate.wait_reached(reached + 1).await;
+    // With the first group's fsync held, the writer is free: a second group commits, and its
+    // answer waits for a sync of its own, after the first.
+    let wal = dir.path().join("keel.db-wal");
+    let before = std::fs::read(&wal).unwrap();
+    let s = store.clone();
+    let second = tokio::spawn(async move { s.enqueue(vec![job("q")], T0).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read(&wal).unwrap() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer did not commit while a sync was held"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!second.is_finished());
+    gate.set_closed(false);
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_fsync_stops_every_write_until_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let store = open(dir.path(), &gate);
+    let kept = store.enqueue(vec![job("q")], T0).await.unwrap();
+    store.check_ready().await.unwrap();
+
+    gate.fail_next.store(true, Ordering::SeqCst);
+    match store.enqueue(vec![job("q")], T0).await {
+        Err(StoreError::Unavailable(m)) => assert!(m.contains("fsync"), "{m}"),
+        other => panic!("an enqueue whose fsync failed was answered {other:?}"),
+    }
+    // The next sync would succeed, but the pages the failed one could not write may be gone
+    // from the kernel's cache: nothing more is accepted.
+    let syncs = gate.reached.load(Ordering::SeqCst);
+    match store.enqueue(vec![job("q")], T0).await {
+        Err(StoreError::Unavailable(m)) => assert!(m.contains("restart"), "{m}"),
+        other => panic!("a poisoned store took a write: {other:?}"),
+    }
+    assert_eq!(
+        gate.reached.load(Ordering::SeqCst),
+        syncs,
+        "a poisoned store synced again"
+    );
+    assert!(
+        store.check_ready().await.is_err(),
+        "a poisoned store said it was ready"
+    );
+    let read = store.get_job(kept[0].job.id).await;
+    assert!(matches!(read, Ok(Some(_))), "reads go on: {read:?}");
+    store.close().await.unwrap();
+
+    // A restart starts from what the disk holds, and takes writes again.
+    let store = SqliteStore::open(SqliteConfig::new(dir.path()), T0).unwrap();
+    store.enqueue(vec![job("q")], T0).await.unwrap();
+    store.check_ready().await.unwrap();
+    store.close().await.unwrap();
+}
