@@ -53,8 +53,54 @@ impl Time {
     }
 }
 
+impl Time {
+    /// The RFC 3339 text, `YYYY-MM-DDTHH:MM:SS.mmmZ`, written without `fmt` or allocation: every
+    /// job read, event and answer carries several, so this is on the hot path of every write.
+    /// `None` outside 1970..=9999 (only `from_millis_const` can make such a `Time`).
+    fn rfc3339(self) -> Option<[u8; 24]> {
+        if !(0..=MAX_MS).contains(&self.0) {
+            return None;
+        }
+        let (days, ms_of_day) = (self.0 / 86_400_000, self.0 % 86_400_000);
+        let (year, month, day) = civil_from_days(days);
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, digits: usize, mut n: i64| {
+            for i in (at..at + digits).rev() {
+                out[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, ms_of_day / 3_600_000);
+        put(14, 2, ms_of_day / 60_000 % 60);
+        put(17, 2, ms_of_day / 1_000 % 60);
+        put(20, 3, ms_of_day % 1_000);
+        Some(out)
+    }
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (days >= 0), by Howard
+/// Hinnant's `civil_from_days`: eras of 400 years, years starting in March.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let (era, doe) = (z / 146_097, z % 146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 impl fmt::Display for Time {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(text) = self.rfc3339() {
+            // The buffer holds only ASCII digits and punctuation.
+            return f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?);
+        }
         match jiff::Timestamp::from_millisecond(self.0) {
             Ok(ts) => write!(f, "{ts:.3}"),
             Err(_) => write!(f, "{}ms", self.0),
@@ -64,7 +110,12 @@ impl fmt::Display for Time {
 
 impl Serialize for Time {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        match self.rfc3339() {
+            Some(text) => s.serialize_str(
+                std::str::from_utf8(&text).map_err(|e| serde::ser::Error::custom(e.to_string()))?,
+            ),
+            None => s.collect_str(self),
+        }
     }
 }
 
@@ -102,6 +153,55 @@ mod tests {
             Time::from_millis(1_795_413_600_123).to_string(),
             "2026-11-23T06:00:00.123Z"
         );
+    }
+
+    /// The hand-written formatter against jiff's, at the edges of its range and of the calendar
+    /// (leap days, centuries, the 400-year rule) and at random instants.
+    #[test]
+    fn formats_as_jiff_does_everywhere_in_range() {
+        // jiff's own range ends a day early (9999-12-30T22:00Z); its Display cannot speak for
+        // the last hours before MAX_MS, which keel writes as RFC 3339 all the same.
+        let jiff = |ms: i64| {
+            jiff::Timestamp::from_millisecond(ms)
+                .ok()
+                .map(|ts| format!("{ts:.3}"))
+        };
+        assert_eq!(
+            Time::from_millis(MAX_MS).to_string(),
+            "9999-12-31T23:59:59.999Z"
+        );
+        let mut cases = vec![0, 1, 999, 86_399_999, 86_400_000, 253_402_207_200_000];
+        for date in [
+            "2000-02-29",
+            "1972-02-29",
+            "2100-03-01",
+            "2400-02-29",
+            "1999-12-31",
+            "2026-12-31",
+        ] {
+            let day: jiff::civil::Date = date.parse().unwrap();
+            let ms = day
+                .to_zoned(jiff::tz::TimeZone::UTC)
+                .unwrap()
+                .timestamp()
+                .as_millisecond();
+            cases.extend([ms - 1, ms, ms + 86_399_999]);
+        }
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..200_000 {
+            // xorshift: a fixed, reproducible sample of the whole range.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            cases.push((x % (MAX_MS as u64 + 1)) as i64);
+        }
+        for ms in cases {
+            let (t, Some(want)) = (Time::from_millis(ms), jiff(ms)) else {
+                continue;
+            };
+            assert_eq!(t.to_string(), want, "at {ms} ms");
+            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{want}\""));
+        }
     }
 
     #[test]

@@ -147,6 +147,24 @@ fn to_json<T: serde::Serialize>(value: &T) -> rusqlite::Result<String> {
     serde_json::to_string(value).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
+/// An event's stored text, serialised into a buffer sized for it up front: growing the buffer
+/// step by step while writing a whole job (the `enqueued` event) was a tenth of the writer's
+/// time in batch enqueue.
+fn event_json(data: &EventData) -> rusqlite::Result<String> {
+    let room = match data {
+        EventData::Enqueued { job } => {
+            512 + job.payload.get().len() + job.tags.iter().map(|t| t.len() + 3).sum::<usize>()
+        }
+        EventData::Completed { result: Some(r) } => 64 + r.get().len(),
+        EventData::Failed { error, .. } => 128 + error.message.len(),
+        _ => 160,
+    };
+    let mut buf = Vec::with_capacity(room);
+    serde_json::to_writer(&mut buf, data)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    String::from_utf8(buf).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
 /// Reads an event from `seq, job_id, at, data`; `data` holds the tagged event
 /// (`{"type": ..., "data": {...}}`), so one parse gives the `EventData`.
 pub(crate) fn event_from_row(row: &Row) -> rusqlite::Result<Event> {
@@ -203,7 +221,7 @@ impl EventBuffer {
         data: &EventData,
     ) -> rusqlite::Result<()> {
         self.rows
-            .push((job_id, at, data.type_name(), to_json(data)?));
+            .push((job_id, at, data.type_name(), event_json(data)?));
         Ok(())
     }
 
