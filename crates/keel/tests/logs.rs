@@ -49,12 +49,31 @@ async fn logs_are_json_lines_with_request_and_job_ids_and_no_payloads() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    // A lease of several jobs logs one line that counts them.
+    let job = json!({"queue": "logq", "kind": "charge", "payload": {}});
+    let res = http
+        .post(format!("{}/v1/jobs/batch", k.base))
+        .json(&json!({"jobs": [job, job, job]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let res = http
+        .post(format!("{}/v1/lease", k.base))
+        .header("x-request-id", "req-logs-3")
+        .json(&json!({"queues": ["logq"], "max_jobs": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
 
-    // The lines arrive through a pipe; wait for the last one we expect.
+    // The lines arrive through a pipe; wait for the last ones we expect.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let lines = loop {
         let lines = k.logs.lock().unwrap().clone();
-        if lines.iter().any(|l| l.contains("Outcome recorded.")) {
+        if lines.iter().any(|l| l.contains("Outcome recorded."))
+            && lines.iter().any(|l| l.contains("Jobs leased."))
+        {
             break lines;
         }
         assert!(
@@ -87,6 +106,15 @@ async fn logs_are_json_lines_with_request_and_job_ids_and_no_payloads() {
     let leased = line("Job leased.");
     assert_eq!(leased["job_id"], id.as_str());
     assert_eq!(leased["span"]["request_id"], "req-logs-2");
+    let many = line("Jobs leased.");
+    assert_eq!(many["jobs"], 3);
+    assert_eq!(many["span"]["request_id"], "req-logs-3");
+    assert!(
+        !parsed
+            .iter()
+            .any(|v| v["message"] == "Job leased." && v["span"]["request_id"] == "req-logs-3"),
+        "a lease of several jobs logged a line per job at info"
+    );
     let outcome = line("Outcome recorded.");
     assert_eq!(outcome["job_id"], id.as_str());
     assert_eq!(outcome["queue"], "logq");
@@ -98,7 +126,7 @@ async fn logs_are_json_lines_with_request_and_job_ids_and_no_payloads() {
         .iter()
         .filter(|v| v["message"] == "Request served.")
         .count();
-    assert!(served >= 3, "one line per request");
+    assert!(served >= 5, "one line per request");
 
     let all = lines.join("\n");
     assert!(
