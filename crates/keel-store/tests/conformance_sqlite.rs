@@ -37,7 +37,7 @@ async fn the_checkpoint_thread_copies_the_wal_into_the_database_file() {
         let jobs = (0..100).map(|_| keel_store::testing::job("q")).collect();
         store.enqueue(jobs, keel_store::testing::T0).await.unwrap();
     }
-    // Frames are a 24-byte header and a 4 KiB page; 4,000 is the writer's own threshold.
+    // Frames are a 24-byte header and a 4 KiB page; the writer's own threshold is 16,000.
     let frames = size(&wal).saturating_sub(32) / (4096 + 24);
     assert!(frames < 4_000, "the WAL grew to {frames} frames");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
