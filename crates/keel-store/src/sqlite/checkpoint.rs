@@ -7,7 +7,7 @@
 //!   the writer or readers and is crash-safe at every instant: a `kill -9` mid-checkpoint loses
 //!   nothing (the WAL still holds every frame not yet in the database file).
 //! - The WAL stays bounded: the writer keeps an automatic checkpoint of its own at
-//!   `WRITER_FALLBACK_PAGES`, which runs only when this thread fell behind (a failure, or a long
+//!   `WRITER_FALLBACK_BYTES`, which runs only when this thread fell behind (a failure, or a long
 //!   read holding old pages) or the writer never found the WAL fully copied when it began a
 //!   transaction (which is what lets SQLite start the WAL over).
 //! - A failed checkpoint is logged and retried on the next commit; it changes nothing.
@@ -21,16 +21,21 @@ use rusqlite::Connection;
 
 use crate::StoreError;
 
-/// WAL size (in pages) at which the writer checkpoints by itself (SQLite's default is 1,000).
+/// WAL size at which the writer checkpoints by itself (SQLite's default is 1,000 pages).
 ///
 /// The WAL starts over only when the writer begins a transaction with every frame copied, and
 /// under load the writer begins its next group right after each commit, before this thread
 /// can copy that commit's frames; so the writer's own checkpoint is what lets the WAL start
 /// over. It must sit well above one group's worth: a group of 16 batches of 1,000 jobs writes
-/// ~5,000 pages, and at 4,000 the writer copied every group's pages itself (8% of its time in
-/// batch enqueue) while this thread's copies were wasted. At 16,000 this thread has copied all
-/// but the last group by then. The WAL's high-water mark is ~80 MB (16,000 pages and a group).
-pub(crate) const WRITER_FALLBACK_PAGES: u32 = 16_000;
+/// ~20 MB, and at 4,000 pages of 4 KiB (16 MB) the writer copied every group's pages itself
+/// (8% of its time in batch enqueue) while this thread's copies were wasted. At 64 MiB this
+/// thread has copied all but the last group by then. The WAL's high-water mark is ~80 MB.
+const WRITER_FALLBACK_BYTES: i64 = 64 * 1024 * 1024;
+
+/// `WRITER_FALLBACK_BYTES` in pages of the store's page size (`wal_autocheckpoint` counts pages).
+pub(crate) fn writer_fallback_pages(page_size: i64) -> i64 {
+    WRITER_FALLBACK_BYTES / page_size.max(512)
+}
 
 /// The checkpointer runs at most this often, so under load it copies batches of pages (a page
 /// written many times is copied once) instead of chasing every commit.

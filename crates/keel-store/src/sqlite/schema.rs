@@ -33,9 +33,14 @@ pub(crate) fn migrate(conn: &mut Connection, now_ms: i64) -> rusqlite::Result<()
 
 /// Settings every connection gets. `synchronous=FULL` makes each commit fsync the WAL; the
 /// writer alone turns it down to `NORMAL` and leaves the fsync to the sync thread (`sync.rs`).
+///
+/// `page_size` applies only to a store being created (it must come before WAL mode is set);
+/// an existing file keeps its own. 16 KiB pages make batch enqueue ~13% faster than SQLite's
+/// 4 KiB (fewer B-tree splits and WAL frames per job; docs/performance.md), with drain unchanged.
 pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
-        "PRAGMA journal_mode=WAL;
+        "PRAGMA page_size=16384;
+         PRAGMA journal_mode=WAL;
          PRAGMA synchronous=FULL;
          PRAGMA foreign_keys=OFF;
          PRAGMA busy_timeout=5000;

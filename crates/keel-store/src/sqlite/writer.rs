@@ -22,7 +22,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-use super::checkpoint::{Nudge, WRITER_FALLBACK_PAGES};
+use super::checkpoint::{Nudge, writer_fallback_pages};
 use super::index::{Entry, Index};
 use super::rows::{EventBuffer, JOB_COLUMNS, insert_job, job_from_row, update_job, uuid_col};
 use super::schedules::{self, ArmedSet, load_armed};
@@ -164,7 +164,10 @@ impl Writer {
         // writer has more than that, counting one multi-row event insert per chunk size).
         conn.set_prepared_statement_cache_capacity(64);
         // The checkpoint thread copies the WAL; the writer checkpoints only if it falls behind.
-        conn.pragma_update(None, "wal_autocheckpoint", WRITER_FALLBACK_PAGES)
+        let page_size: i64 = conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .map_err(StoreError::sqlite)?;
+        conn.pragma_update(None, "wal_autocheckpoint", writer_fallback_pages(page_size))
             .map_err(StoreError::sqlite)?;
         // COMMIT does not wait for the disk; the syncer does, before anyone is answered.
         conn.pragma_update(None, "synchronous", "NORMAL")
