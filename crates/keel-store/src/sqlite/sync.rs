@@ -5,7 +5,9 @@
 //! OS and returns without waiting for the disk. The writer then passes the group's answers here,
 //! in commit order, and starts the next group. This thread takes every group that has arrived,
 //! `fdatasync`s the WAL file once (one sync covers every frame written before it began), and
-//! only then answers them, in order.
+//! only then answers them, in order. The writer runs at most one group ahead of the disk: before
+//! it starts a group it waits until no more than one handed-over group is unanswered, so
+//! requests that arrive meanwhile make the next group larger instead of many tiny commits.
 //!
 //! Invariants:
 //! - No caller hears of a group before an `fdatasync` of the WAL that began after the group's
@@ -34,7 +36,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -73,6 +75,8 @@ pub(crate) struct Group {
 pub(crate) struct Syncer {
     groups: Sender<Group>,
     poison: Poison,
+    /// Groups handed over and not yet answered, with a signal when one is.
+    in_flight: Arc<(Mutex<usize>, Condvar)>,
 }
 
 impl Syncer {
@@ -83,9 +87,29 @@ impl Syncer {
             .map(|why| StoreError::Unavailable(why.clone()))
     }
 
+    /// Waits until at most one group is ahead of the disk: the writer works on a group while the
+    /// one before it is synced, but no further ahead. While it waits, requests gather, so the
+    /// next group is larger (without the wait, single enqueues became many tiny commits).
+    pub(crate) fn wait_for_disk(&self) {
+        let (count, done) = &*self.in_flight;
+        let Ok(mut n) = count.lock() else { return };
+        while *n > 1 {
+            n = match done.wait(n) {
+                Ok(n) => n,
+                Err(_) => return,
+            };
+        }
+    }
+
     /// Hands a group over; if the thread is gone, its callers get an error at once.
     pub(crate) fn send(&self, group: Group) {
+        if let Ok(mut n) = self.in_flight.0.lock() {
+            *n += 1;
+        }
         if let Err(mpsc::SendError(group)) = self.groups.send(group) {
+            if let Ok(mut n) = self.in_flight.0.lock() {
+                *n -= 1;
+            }
             tracing::error!(message = "The sync thread is gone; the group's callers get an error.");
             let gone = StoreError::Unavailable("the store's sync thread stopped".into());
             for d in group.done {
@@ -112,15 +136,26 @@ pub(crate) fn start(
     })?;
     let (groups, rx) = mpsc::channel();
     let poison = Poison::default();
+    let in_flight = Arc::new((Mutex::new(0), Condvar::new()));
     let syncer = Syncer {
         groups,
         poison: poison.clone(),
+        in_flight: in_flight.clone(),
     };
     let handle = std::thread::Builder::new()
         .name("keel-sync".into())
-        .spawn(move || run(&wal, &rx, &poison, &healthy, hook.as_ref()))
+        .spawn(move || run(&wal, &rx, &poison, &healthy, hook.as_ref(), &in_flight))
         .map_err(|e| StoreError::Internal(format!("cannot start the sync thread: {e}")))?;
     Ok((handle, syncer))
+}
+
+struct Release<'a>(&'a (Mutex<usize>, Condvar));
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        *self.0.0.lock().unwrap_or_else(|e| e.into_inner()) = 0;
+        self.0.1.notify_all();
+    }
 }
 
 fn sync(wal: &File, hook: Option<&SyncHook>) -> std::io::Result<()> {
@@ -136,10 +171,15 @@ fn run(
     poison: &Poison,
     healthy: &AtomicBool,
     hook: Option<&SyncHook>,
+    in_flight: &(Mutex<usize>, Condvar),
 ) {
+    // However this thread ends (a panic included), the writer must not wait for it any more:
+    // its next hand-over then fails and its callers get an error.
+    let _release = Release(in_flight);
     while let Ok(first) = groups.recv() {
         let mut ready = vec![first];
         ready.extend(groups.try_iter());
+        let answered = ready.len();
         if poison.get().is_none()
             && ready.iter().any(|g| g.wrote && g.fatal.is_none())
             && let Err(e) = sync(wal, hook)
@@ -171,5 +211,9 @@ fn run(
                 d(fatal.as_ref());
             }
         }
+        if let Ok(mut n) = in_flight.0.lock() {
+            *n = n.saturating_sub(answered);
+        }
+        in_flight.1.notify_all();
     }
 }

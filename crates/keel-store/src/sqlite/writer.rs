@@ -252,6 +252,7 @@ impl Writer {
 
     pub(crate) fn run(mut self, rx: Receiver<Request>) {
         while let Ok(first) = rx.recv() {
+            self.syncer.wait_for_disk();
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
                 match rx.try_recv() {
