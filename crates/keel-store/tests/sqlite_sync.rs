@@ -59,6 +59,22 @@ fn open(dir: &std::path::Path, gate: &Arc<Gate>) -> Arc<SqliteStore> {
     Arc::new(SqliteStore::open(config, T0).unwrap())
 }
 
+type Answer = tokio::task::JoinHandle<Result<Vec<keel_store::Enqueued>, StoreError>>;
+
+fn enqueue(store: &Arc<SqliteStore>, new: keel_core::NewJob) -> Answer {
+    let s = store.clone();
+    tokio::spawn(async move { s.enqueue(vec![new], T0).await })
+}
+
+/// Closes the gate, then enqueues `new` and waits until its group's fsync is held there.
+async fn held_enqueue(gate: &Gate, store: &Arc<SqliteStore>, new: keel_core::NewJob) -> Answer {
+    let reached = gate.reached.load(Ordering::SeqCst);
+    gate.set_closed(true);
+    let answer = enqueue(store, new);
+    gate.wait_reached(reached + 1).await;
+    answer
+}
+
 fn keyed(key: &str) -> keel_core::NewJob {
     let mut j = job("q");
     j.idempotency_key = Some(key.to_owned());
@@ -70,16 +86,10 @@ async fn no_answer_leaves_before_its_commit_is_fsynced() {
     let dir = tempfile::tempdir().unwrap();
     let gate = Arc::new(Gate::default());
     let store = open(dir.path(), &gate);
-    let reached = gate.reached.load(Ordering::SeqCst);
-    gate.set_closed(true);
-
-    let s = store.clone();
-    let first = tokio::spawn(async move { s.enqueue(vec![keyed("k")], T0).await });
-    gate.wait_reached(reached + 1).await;
+    let first = held_enqueue(&gate, &store, keyed("k")).await;
     // The same key again: this group writes nothing, but its answer names the first job, whose
     // commit is not on disk yet, so it must wait for that sync too.
-    let s = store.clone();
-    let replay = tokio::spawn(async move { s.enqueue(vec![keyed("k")], T0).await });
+    let replay = enqueue(&store, keyed("k"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         !first.is_finished(),
@@ -104,17 +114,12 @@ async fn the_writer_commits_the_next_group_while_a_sync_runs() {
     let dir = tempfile::tempdir().unwrap();
     let gate = Arc::new(Gate::default());
     let store = open(dir.path(), &gate);
-    let reached = gate.reached.load(Ordering::SeqCst);
-    gate.set_closed(true);
-    let s = store.clone();
-    let first = tokio::spawn(async move { s.enqueue(vec![job("q")], T0).await });
-    gate.wait_reached(reached + 1).await;
+    let first = held_enqueue(&gate, &store, job("q")).await;
     // With the first group's fsync held, the writer is free: a second group commits, and its
     // answer waits for a sync of its own, after the first.
     let wal = dir.path().join("keel.db-wal");
     let before = std::fs::read(&wal).unwrap();
-    let s = store.clone();
-    let second = tokio::spawn(async move { s.enqueue(vec![job("q")], T0).await });
+    let second = enqueue(&store, job("q"));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while std::fs::read(&wal).unwrap() == before {
         assert!(

@@ -570,11 +570,14 @@ impl Writer {
             };
             let config = self.queue_config(&new.queue, now)?;
             let id = self.ids.next(now);
-            let job = new.into_job(id, &config, now);
-            let event = EventData::Enqueued {
-                job: Box::new(job.clone()),
+            // The event owns the new job and the row is written from it: no copy per job.
+            let events = [EventData::Enqueued {
+                job: Box::new(new.into_job(id, &config, now)),
+            }];
+            let [EventData::Enqueued { job }] = &events else {
+                return Err(Fatal(StoreError::Internal("enqueue built no job".into())));
             };
-            self.save(None, Some(&job), std::slice::from_ref(&event), now)?;
+            self.save(None, Some(job), &events, now)?;
             if let (Some(key), Some(fingerprint)) = (&job.idempotency_key, fingerprint) {
                 self.conn
                             .prepare_cached(
@@ -583,8 +586,11 @@ impl Writer {
                             )?
                             .execute(params![job.queue, key, id.into_bytes(), fingerprint, now.plus_ms(self.idempotency_ttl_ms).as_millis()])?;
             }
+            let [EventData::Enqueued { job }] = events else {
+                return Err(Fatal(StoreError::Internal("enqueue built no job".into())));
+            };
             out.push(Enqueued {
-                job,
+                job: *job,
                 replayed: false,
             });
         }
