@@ -29,7 +29,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-use self::rows::{JOB_COLUMNS, event_from_row, job_from_row, state_col};
+use self::rows::{JOB_COLUMNS, SELECT_JOB, event_from_row, job_from_row, state_col};
 use self::writer::{JobCommand, Request, Step, Writer, answer};
 use crate::types::{
     Actor, AuditEntry, Counts, Enqueued, JobFilter, JobPage, LeaseRequest, LeasedJob, Outcome,
@@ -300,7 +300,7 @@ impl Store for SqliteStore {
 
     async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
         self.read(move |conn| {
-            conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?
+            conn.prepare_cached(&SELECT_JOB)?
                 .query_row([id.into_bytes()], job_from_row)
                 .optional()
         })

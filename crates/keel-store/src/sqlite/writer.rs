@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::checkpoint::{Nudge, writer_fallback_pages};
 use super::index::{Entry, Index};
-use super::rows::{EventBuffer, JOB_COLUMNS, insert_job, job_from_row, update_job, uuid_col};
+use super::rows::{EventBuffer, SELECT_JOB, insert_job, job_from_row, update_job, uuid_col};
 use super::schedules::{self, ArmedSet, load_armed};
 use super::sync::{Group, Syncer};
 use crate::StoreError;
@@ -464,9 +464,7 @@ impl Writer {
     }
 
     fn load(&self, id: Uuid) -> Result<Option<Job>, Fatal> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?;
+        let mut stmt = self.conn.prepare_cached(&SELECT_JOB)?;
         Ok(stmt.query_row([id.into_bytes()], job_from_row).optional()?)
     }
 
