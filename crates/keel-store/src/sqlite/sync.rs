@@ -108,7 +108,8 @@ impl Syncer {
         }
         if let Err(mpsc::SendError(group)) = self.groups.send(group) {
             if let Ok(mut n) = self.in_flight.0.lock() {
-                *n -= 1;
+                // The thread's end may have reset the count already.
+                *n = n.saturating_sub(1);
             }
             tracing::error!(message = "The sync thread is gone; the group's callers get an error.");
             let gone = StoreError::Unavailable("the store's sync thread stopped".into());
