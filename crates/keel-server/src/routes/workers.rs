@@ -97,13 +97,12 @@ pub(crate) async fn lease(
     // and counts them when there are many, whose own lines are debug (a lease of 100 jobs was
     // 100 lines, a tenth of the server's work in a drain).
     match leased.as_slice() {
+        [] => {}
         [l] => {
             tracing::info!(message = "Job leased.", job_id = %l.job.id, queue = %l.job.queue, kind = %l.job.kind, attempt = l.job.attempt);
         }
         many => {
-            if !many.is_empty() {
-                tracing::info!(message = "Jobs leased.", jobs = many.len());
-            }
+            tracing::info!(message = "Jobs leased.", jobs = many.len());
             for l in many {
                 tracing::debug!(message = "Job leased.", job_id = %l.job.id, queue = %l.job.queue, kind = %l.job.kind, attempt = l.job.attempt);
             }

@@ -1,9 +1,9 @@
 //! The SQLite backend: one file (`<data-dir>/keel.db`) in WAL mode.
 //!
 //! Writes go to the writer thread (`writer.rs`) over a channel and are answered after their group
-//! commits and the sync thread (`sync.rs`) has fsynced the WAL past that commit. Reads use a small pool of read-only connections on blocking threads; WAL lets them
-//! run beside the writer, and since writes answer only after commit, a read that follows an
-//! acknowledged write sees it.
+//! commits and the sync thread (`sync.rs`) has fsynced the WAL past that commit. Reads use a
+//! small pool of read-only connections on blocking threads; WAL lets them run beside the writer,
+//! and since writes answer only after commit, a read that follows an acknowledged write sees it.
 
 mod access;
 pub mod backup;

@@ -58,6 +58,11 @@ impl std::fmt::Debug for SyncHook {
 /// Why the store stopped taking writes after a failed `fdatasync`; set once, never cleared.
 type Poison = Arc<OnceLock<String>>;
 
+/// The error every write gets once `poison` is set.
+fn refusal(poison: &Poison) -> Option<StoreError> {
+    poison.get().map(|why| StoreError::Unavailable(why.clone()))
+}
+
 /// One committed (or failed) group on its way to its callers.
 pub(crate) struct Group {
     pub(crate) done: Vec<Done>,
@@ -82,9 +87,7 @@ pub(crate) struct Syncer {
 impl Syncer {
     /// Why the store takes no writes, once a sync failed.
     pub(crate) fn poisoned(&self) -> Option<StoreError> {
-        self.poison
-            .get()
-            .map(|why| StoreError::Unavailable(why.clone()))
+        refusal(&self.poison)
     }
 
     /// Waits until at most one group is ahead of the disk: the writer works on a group while the
@@ -190,7 +193,7 @@ fn run(
                 "an fsync of the write-ahead log failed ({e}); the store takes no writes until keel is restarted"
             ));
         }
-        let failed = poison.get().map(|why| StoreError::Unavailable(why.clone()));
+        let failed = refusal(poison);
         for mut group in ready {
             let fatal = group
                 .fatal

@@ -500,6 +500,20 @@ impl Writer {
         Ok(())
     }
 
+    /// Saves a new job with its `enqueued` event. The event owns the job meanwhile and the row
+    /// is written from it, so no job is copied; the job comes back for the answer.
+    fn save_created(&mut self, job: Job, now: Time) -> Result<Job, Fatal> {
+        let events = [EventData::Enqueued { job: Box::new(job) }];
+        let [EventData::Enqueued { job }] = &events else {
+            return Err(Fatal(StoreError::Internal("no enqueued event".into())));
+        };
+        self.save(None, Some(job), &events, now)?;
+        match events {
+            [EventData::Enqueued { job }] => Ok(*job),
+            _ => Err(Fatal(StoreError::Internal("no enqueued event".into()))),
+        }
+    }
+
     /// Loads a job, runs the state machine and saves the result. `Ok(None)`: purged.
     fn apply(&mut self, id: Uuid, cmd: &Command, now: Time) -> Step<Option<Job>> {
         self.apply_in(id, cmd, &Scope::All, now)
@@ -568,14 +582,7 @@ impl Writer {
             };
             let config = self.queue_config(&new.queue, now)?;
             let id = self.ids.next(now);
-            // The event owns the new job and the row is written from it: no copy per job.
-            let events = [EventData::Enqueued {
-                job: Box::new(new.into_job(id, &config, now)),
-            }];
-            let [EventData::Enqueued { job }] = &events else {
-                return Err(Fatal(StoreError::Internal("enqueue built no job".into())));
-            };
-            self.save(None, Some(job), &events, now)?;
+            let job = self.save_created(new.into_job(id, &config, now), now)?;
             if let (Some(key), Some(fingerprint)) = (&job.idempotency_key, fingerprint) {
                 self.conn
                             .prepare_cached(
@@ -584,11 +591,8 @@ impl Writer {
                             )?
                             .execute(params![job.queue, key, id.into_bytes(), fingerprint, now.plus_ms(self.idempotency_ttl_ms).as_millis()])?;
             }
-            let [EventData::Enqueued { job }] = events else {
-                return Err(Fatal(StoreError::Internal("enqueue built no job".into())));
-            };
             out.push(Enqueued {
-                job: *job,
+                job,
                 replayed: false,
             });
         }
