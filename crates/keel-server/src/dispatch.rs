@@ -1,8 +1,7 @@
 //! Dispatch: the timer loop that drives `Store::tick`, and the long-poll loop of `/v1/lease`.
 //!
-//! Invariant: a long poll never misses work. It reads the store's wake counter before trying to
-//! lease, and waits only for a change after that read, so a job enqueued between the attempt and
-//! the wait still wakes it.
+//! Invariant: a long poll never misses work: `Store::wait_and_lease` tries again before it waits,
+//! so a job enqueued between the first attempt and the wait is still leased.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,8 +48,9 @@ pub(crate) async fn run_timers(
     }
 }
 
-/// Leases, waiting up to `wait_ms` for work when none is available. Before its first wait it
-/// gives back its in-flight budget slot: a waiting poll costs no work.
+/// Leases, waiting up to `wait_ms` for work when none is available (`Store::wait_and_lease`).
+/// Before it waits it gives back its in-flight budget slot: a waiting poll costs no work. Shutdown
+/// ends the wait at once, with no jobs.
 pub(crate) async fn lease_with_wait(
     store: &dyn Store,
     clock: &dyn Clock,
@@ -59,21 +59,18 @@ pub(crate) async fn lease_with_wait(
     mut stopping: watch::Receiver<bool>,
     in_flight: Option<&InFlight>,
 ) -> Result<Vec<LeasedJob>, StoreError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms.max(0) as u64);
-    let mut wake = store.subscribe();
-    loop {
-        wake.borrow_and_update();
-        let jobs = store.lease(req.clone(), clock.now()).await?;
-        if !jobs.is_empty() || *stopping.borrow() {
-            return Ok(jobs);
-        }
-        if let Some(slot) = in_flight {
-            slot.release();
-        }
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => return Ok(jobs),
-            changed = wake.changed() => if changed.is_err() { return Ok(jobs) },
-            _ = stopping.changed() => return Ok(jobs),
-        }
+    let jobs = store.lease(req.clone(), clock.now()).await?;
+    if !jobs.is_empty() || wait_ms <= 0 || *stopping.borrow() {
+        return Ok(jobs);
+    }
+    if let Some(slot) = in_flight {
+        slot.release();
+    }
+    let now = || clock.now();
+    let wait = Duration::from_millis(wait_ms as u64);
+    tokio::select! {
+        leased = store.wait_and_lease(req, &now, wait) => leased,
+        // Dropping the wait gives it up: the store leases nothing more for it.
+        _ = stopping.wait_for(|s| *s) => Ok(jobs),
     }
 }

@@ -30,6 +30,8 @@ pub use types::{
 };
 pub use verify::VerifyReport;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use keel_core::{Event, Job, Json, NewJob, QueueOverrides, ScheduleSpec, Scope, State, Time};
 use tokio::sync::watch;
@@ -45,8 +47,40 @@ pub trait Store: Send + Sync + 'static {
     async fn enqueue(&self, jobs: Vec<NewJob>, now: Time) -> Result<Vec<Enqueued>, StoreError>;
 
     /// Hands out up to `max_jobs` available jobs from the queues in order, honouring pause and
-    /// concurrency limits. Never waits; long polling is the caller's loop around `subscribe`.
+    /// concurrency limits. Never waits; see `wait_and_lease` for long polls.
     async fn lease(&self, req: LeaseRequest, now: Time) -> Result<Vec<LeasedJob>, StoreError>;
+
+    /// A long poll: leases like `lease`, and when nothing is available waits up to `wait` for
+    /// work and leases it then; empty when the wait runs out. It tries at once first, so calling
+    /// it after a `lease` that found nothing misses no work in between. `now` is read whenever a
+    /// lease is made. Dropping the future gives up the wait: from then on nothing is leased for
+    /// it (a lease made in the instant before the drop stays leased until it expires, like any
+    /// lease whose answer was lost).
+    ///
+    /// The default waits on `subscribe` and tries again after each change. The SQLite store parks
+    /// the request in its writer instead, which leases to it in the same transaction, and so the
+    /// same fsync, that makes work available.
+    async fn wait_and_lease(
+        &self,
+        req: LeaseRequest,
+        now: &(dyn Fn() -> Time + Send + Sync),
+        wait: Duration,
+    ) -> Result<Vec<LeasedJob>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut wake = self.subscribe();
+        loop {
+            // Read the counter before trying: a change after the attempt then wakes the wait.
+            wake.borrow_and_update();
+            let jobs = self.lease(req.clone(), now()).await?;
+            if !jobs.is_empty() {
+                return Ok(jobs);
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return Ok(jobs),
+                changed = wake.changed() => if changed.is_err() { return Ok(jobs) },
+            }
+        }
+    }
 
     // Commands on one job take the caller's `scope`: a job in a queue outside it is `NotFound`,
     // exactly as if it did not exist (checked where the job is loaded, so it costs no extra read).
@@ -211,7 +245,8 @@ pub trait Store: Send + Sync + 'static {
     /// finished jobs and expired idempotency keys.
     async fn tick(&self, now: Time) -> Result<Tick, StoreError>;
 
-    /// A counter that increases whenever jobs may have become leasable. Long polls wait on it.
+    /// A counter that increases whenever jobs may have become leasable. The timer loop, push
+    /// delivery and the default `wait_and_lease` wait on it.
     fn subscribe(&self) -> watch::Receiver<u64>;
 
     /// Whether the store can currently write.

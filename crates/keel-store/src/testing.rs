@@ -146,6 +146,11 @@ macro_rules! conformance_tests {
             reopen_keeps_every_job_and_rebuilds_dispatch,
             jobs_table_equals_the_fold_of_events,
             subscribers_wake_when_work_arrives,
+            long_poll_is_leased_the_job_that_arrives_during_its_wait,
+            abandoned_long_poll_is_leased_nothing,
+            long_poll_ends_empty_when_its_wait_runs_out,
+            waiting_long_polls_each_get_their_own_jobs,
+            long_poll_waits_out_a_pause_and_is_leased_on_resume,
             tokens_store_only_hashes_and_delete_at_once,
             schemas_are_versioned_and_audited,
             admin_changes_are_audited_with_their_actor,
@@ -1198,6 +1203,171 @@ pub mod cases {
             .await
             .expect("woken")
             .unwrap();
+    }
+
+    /// The clock of the long-poll cases: a little after `T0`.
+    fn poll_now() -> Time {
+        T0.plus_ms(5)
+    }
+
+    /// Polls `wait` for a while and asserts it is still waiting (so it has reached the store and
+    /// waits there, parked or subscribed).
+    async fn still_waiting<F: std::future::Future + Unpin>(wait: &mut F) {
+        let early = tokio::time::timeout(std::time::Duration::from_millis(100), wait).await;
+        assert!(early.is_err(), "a long poll returned with nothing to lease");
+    }
+
+    pub async fn long_poll_is_leased_the_job_that_arrives_during_its_wait(h: &dyn Harness) {
+        let store = h.open().await;
+        let mut wait = Box::pin(store.wait_and_lease(
+            lease_req(&["lp"], 10),
+            &poll_now,
+            std::time::Duration::from_secs(30),
+        ));
+        still_waiting(&mut wait).await;
+        let id = store
+            .enqueue(vec![job("lp")], T0.plus_ms(10))
+            .await
+            .unwrap()[0]
+            .job
+            .id;
+        let leased = tokio::time::timeout(std::time::Duration::from_secs(10), wait)
+            .await
+            .expect("leased long before the wait ran out")
+            .unwrap();
+        assert_eq!(leased.len(), 1);
+        let job = &leased[0].job;
+        assert_eq!((job.id, job.state, job.attempt), (id, State::Running, 1));
+        // A real lease: on disk, and its token completes the job.
+        let stored = store.get_job(id).await.unwrap().unwrap();
+        assert_eq!(stored.state, State::Running);
+        let lease = stored.lease.as_ref().expect("a lease");
+        assert!(lease.expires_at >= poll_now().plus_ms(10_000), "{lease:?}");
+        let done = one(&*store, complete(id, &leased[0].token), T0.plus_ms(20)).await;
+        assert_eq!(done.unwrap().state, State::Completed);
+    }
+
+    pub async fn abandoned_long_poll_is_leased_nothing(h: &dyn Harness) {
+        let store = h.open().await;
+        let mut wait = Box::pin(store.wait_and_lease(
+            lease_req(&["gone"], 10),
+            &poll_now,
+            std::time::Duration::from_secs(30),
+        ));
+        still_waiting(&mut wait).await;
+        // The caller gives up (its HTTP request ended); then work arrives.
+        drop(wait);
+        let id = store
+            .enqueue(vec![job("gone")], T0.plus_ms(10))
+            .await
+            .unwrap()[0]
+            .job
+            .id;
+        let leased = store
+            .lease(lease_req(&["gone"], 10), T0.plus_ms(20))
+            .await
+            .unwrap();
+        assert_eq!(
+            leased.iter().map(|l| l.job.id).collect::<Vec<_>>(),
+            vec![id],
+            "the job went to a long poll that had given up"
+        );
+    }
+
+    pub async fn long_poll_ends_empty_when_its_wait_runs_out(h: &dyn Harness) {
+        let store = h.open().await;
+        let started = std::time::Instant::now();
+        let leased = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            store.wait_and_lease(
+                lease_req(&["quiet"], 10),
+                &poll_now,
+                std::time::Duration::from_millis(300),
+            ),
+        )
+        .await
+        .expect("the wait ends when it runs out")
+        .unwrap();
+        assert!(leased.is_empty());
+        assert!(
+            started.elapsed() >= std::time::Duration::from_millis(300),
+            "returned after {:?}, before the wait ran out",
+            started.elapsed()
+        );
+        // Nothing is leased for the ended wait later.
+        store
+            .enqueue(vec![job("quiet")], T0.plus_ms(10))
+            .await
+            .unwrap();
+        let leased = store
+            .lease(lease_req(&["quiet"], 10), T0.plus_ms(20))
+            .await
+            .unwrap();
+        assert_eq!(leased.len(), 1);
+    }
+
+    pub async fn waiting_long_polls_each_get_their_own_jobs(h: &dyn Harness) {
+        let store = h.open().await;
+        let wait_for = |store: Arc<dyn Store>| async move {
+            store
+                .wait_and_lease(
+                    lease_req(&["shared"], 2),
+                    &poll_now,
+                    std::time::Duration::from_secs(30),
+                )
+                .await
+        };
+        let mut a = Box::pin(wait_for(store.clone()));
+        let mut b = Box::pin(wait_for(store.clone()));
+        still_waiting(&mut a).await;
+        still_waiting(&mut b).await;
+        let mut ids: Vec<_> = store
+            .enqueue((0..3).map(|_| job("shared")).collect(), T0.plus_ms(10))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.job.id)
+            .collect();
+        let ten = std::time::Duration::from_secs(10);
+        let (a, b) = tokio::join!(tokio::time::timeout(ten, a), tokio::time::timeout(ten, b));
+        let (a, b) = (a.expect("a leased").unwrap(), b.expect("b leased").unwrap());
+        let mut sizes = [a.len(), b.len()];
+        sizes.sort();
+        assert_eq!(
+            sizes,
+            [1, 2],
+            "three jobs for two polls of at most two each"
+        );
+        let mut got: Vec<_> = a.iter().chain(&b).map(|l| l.job.id).collect();
+        got.sort();
+        ids.sort();
+        assert_eq!(got, ids, "each job leased once");
+    }
+
+    pub async fn long_poll_waits_out_a_pause_and_is_leased_on_resume(h: &dyn Harness) {
+        let store = h.open().await;
+        store.enqueue(vec![job("held")], T0).await.unwrap();
+        store.set_paused("held", true, &op(), T0).await.unwrap();
+        let mut wait = Box::pin(store.wait_and_lease(
+            lease_req(&["held"], 10),
+            &poll_now,
+            std::time::Duration::from_secs(30),
+        ));
+        still_waiting(&mut wait).await;
+        store
+            .enqueue(vec![job("held")], T0.plus_ms(10))
+            .await
+            .unwrap();
+        still_waiting(&mut wait).await;
+        store
+            .set_paused("held", false, &op(), T0.plus_ms(20))
+            .await
+            .unwrap();
+        let leased = tokio::time::timeout(std::time::Duration::from_secs(10), wait)
+            .await
+            .expect("leased once the queue resumed")
+            .unwrap();
+        assert_eq!(leased.len(), 2);
     }
 
     pub async fn tokens_store_only_hashes_and_delete_at_once(h: &dyn Harness) {

@@ -9,6 +9,7 @@ mod access;
 pub mod backup;
 mod checkpoint;
 mod index;
+mod park;
 mod rows;
 mod schedules;
 mod schema;
@@ -20,6 +21,7 @@ pub use self::sync::SyncHook;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use keel_core::{
@@ -237,6 +239,23 @@ impl Store for SqliteStore {
 
     async fn lease(&self, req: LeaseRequest, now: Time) -> Result<Vec<LeasedJob>, StoreError> {
         self.call(|reply| Request::Lease { req, now, reply }).await
+    }
+
+    async fn wait_and_lease(
+        &self,
+        req: LeaseRequest,
+        now: &(dyn Fn() -> Time + Send + Sync),
+        wait: Duration,
+    ) -> Result<Vec<LeasedJob>, StoreError> {
+        let until = Instant::now() + wait;
+        let now = now();
+        self.call(|reply| Request::Park {
+            req,
+            now,
+            until,
+            reply,
+        })
+        .await
     }
 
     async fn heartbeat(

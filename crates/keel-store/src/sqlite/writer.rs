@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
 use keel_core::lease::token_hash;
@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use super::checkpoint::{Nudge, writer_fallback_pages};
 use super::index::{Entry, Index};
+use super::park::{Parked, ParkedSet};
 use super::rows::{EventBuffer, SELECT_JOB, insert_job, job_from_row, update_job, uuid_col};
 use super::schedules::{self, ArmedSet, load_armed};
 use super::sync::{Group, Syncer};
@@ -43,6 +44,13 @@ pub(crate) enum Request {
     Lease {
         req: LeaseRequest,
         now: Time,
+        reply: Reply<Vec<LeasedJob>>,
+    },
+    /// A long poll: leases at once, or parks until work arrives or `until` passes (`park.rs`).
+    Park {
+        req: LeaseRequest,
+        now: Time,
+        until: Instant,
         reply: Reply<Vec<LeasedJob>>,
     },
     Apply {
@@ -136,6 +144,10 @@ pub(crate) struct Writer {
     rate_wake: Option<Time>,
     /// Set when the current group made a job leasable; the signal is sent after commit.
     wake: bool,
+    /// Long polls waiting for work, leased to at the end of a group that sets `wake`.
+    parked: ParkedSet,
+    /// The latest `now` any request brought: the time of a lease made for a parked request.
+    now_seen: Time,
     fatal: Option<StoreError>,
     signal: watch::Sender<u64>,
     healthy: Arc<AtomicBool>,
@@ -183,6 +195,8 @@ impl Writer {
             next_retention: Time::EPOCH,
             rate_wake: None,
             wake: false,
+            parked: ParkedSet::default(),
+            now_seen: Time::EPOCH,
             fatal: None,
             signal,
             healthy,
@@ -251,7 +265,19 @@ impl Writer {
     }
 
     pub(crate) fn run(mut self, rx: Receiver<Request>) {
-        while let Ok(first) = rx.recv() {
+        loop {
+            let next = match self.parked.next_until() {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(until) => rx.recv_timeout(until.saturating_duration_since(Instant::now())),
+            };
+            let first = match next {
+                Ok(req) => req,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.parked.expire(Instant::now());
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             self.syncer.wait_for_disk();
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
@@ -263,7 +289,10 @@ impl Writer {
             if self.process(group) {
                 break;
             }
+            // A busy writer never times out on its channel; waits still end on time.
+            self.parked.expire(Instant::now());
         }
+        self.parked.close();
         tracing::debug!(message = "Writer stopped.");
     }
 
@@ -293,6 +322,9 @@ impl Writer {
             }
             done.push(self.handle(req));
             self.flush_events();
+        }
+        if self.wake && !self.parked.is_empty() {
+            self.serve_parked(&mut done);
         }
         let committing = Instant::now();
         if self.fatal.is_none()
@@ -341,12 +373,35 @@ impl Writer {
     fn handle(&mut self, req: Request) -> Done {
         match req {
             Request::Enqueue { jobs, now, reply } => {
+                self.saw(now);
                 let r = self.guard(|w| w.enqueue(jobs, now));
                 answer(reply, r)
             }
             Request::Lease { req, now, reply } => {
+                self.saw(now);
                 let r = self.guard(|w| w.lease(&req, now));
                 answer(reply, r)
+            }
+            Request::Park {
+                req,
+                now,
+                until,
+                reply,
+            } => {
+                self.saw(now);
+                match self.guard(|w| w.lease(&req, now)) {
+                    Ok(jobs) if jobs.is_empty() => {
+                        self.parked.park(Parked {
+                            req,
+                            now,
+                            until,
+                            reply,
+                        });
+                        // Answered later, by `serve_parked` or when the wait runs out.
+                        Box::new(|_| {})
+                    }
+                    r => answer(reply, r),
+                }
             }
             Request::Apply {
                 id,
@@ -355,6 +410,7 @@ impl Writer {
                 now,
                 reply,
             } => {
+                self.saw(now);
                 let r = self.guard(|w| {
                     let cmd = match cmd {
                         JobCommand::Heartbeat { token, lease_ms } => {
@@ -373,6 +429,7 @@ impl Writer {
                 now,
                 reply,
             } => {
+                self.saw(now);
                 let r = self.guard(|w| {
                     let mut out = Vec::with_capacity(items.len());
                     for item in items {
@@ -400,6 +457,7 @@ impl Writer {
             }
             Request::Call(f) => f(self),
             Request::Tick { now, reply } => {
+                self.saw(now);
                 let r = self.guard(|w| w.tick(now));
                 answer(reply, r)
             }
@@ -418,8 +476,38 @@ impl Writer {
                 };
                 answer(reply, r)
             }
-            Request::Close { reply } => answer(reply, Ok(())),
+            Request::Close { reply } => {
+                self.parked.close();
+                answer(reply, Ok(()))
+            }
         }
+    }
+
+    fn saw(&mut self, now: Time) {
+        self.now_seen = self.now_seen.max(now);
+    }
+
+    /// Leases to parked long polls, oldest first, now that this group made work leasable. Each
+    /// lease is part of the group: its answer leaves with the group's, after the same fsync.
+    fn serve_parked(&mut self, done: &mut Vec<Done>) {
+        let mut waiting = self.parked.take();
+        let mut unserved = std::collections::VecDeque::with_capacity(waiting.len());
+        while let Some(p) = waiting.pop_front() {
+            if p.abandoned() {
+                continue;
+            }
+            if self.fatal.is_some() {
+                unserved.push_back(p);
+                continue;
+            }
+            let now = self.now_seen.max(p.now);
+            match self.guard(|w| w.lease(&p.req, now)) {
+                Ok(jobs) if jobs.is_empty() => unserved.push_back(p),
+                r => done.push(answer(p.reply, r)),
+            }
+            self.flush_events();
+        }
+        self.parked.put_back(unserved);
     }
 
     /// Inserts the events the last request buffered, before its answer is decided: a failure
@@ -782,6 +870,7 @@ impl Writer {
         overrides: QueueOverrides,
         now: Time,
     ) -> Step<()> {
+        self.saw(now);
         self.upsert_queue(name, now)?;
         let text = serde_json::to_string(&overrides)
             .map_err(|e| Fatal(StoreError::Internal(e.to_string())))?;
@@ -801,6 +890,7 @@ impl Writer {
     }
 
     pub(super) fn set_paused(&mut self, name: &str, paused: bool, now: Time) -> Step<()> {
+        self.saw(now);
         let Some(q) = self.queues.get_mut(name) else {
             return Ok(Err(StoreError::NotFound));
         };
