@@ -379,3 +379,35 @@ async fn shutdown_ends_long_polls_and_returns() {
         "the long poll answered empty instead of hanging"
     );
 }
+
+/// A worker whose connection closes while its long poll waits is leased nothing: the job that
+/// arrives afterwards goes to the next worker, not to a lease nobody will ever hear of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_whose_connection_closed_is_leased_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start().await;
+    let body = json!({"queues": ["hangup"], "wait_ms": 20_000}).to_string();
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let request = format!(
+        "POST /v1/lease HTTP/1.1\r\nhost: keel\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        s.admin_token.as_deref().unwrap(),
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 256];
+    let early = tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "the long poll answered with nothing to lease"
+    );
+    drop(tcp);
+    // The server learns of the close from the socket; give it a moment to read the FIN.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = id_of(&s.enqueue(job("hangup")).await);
+    let leased = s.lease("hangup", 10, 30_000).await;
+    assert_eq!(
+        leased.iter().map(id_of).collect::<Vec<_>>(),
+        vec![id],
+        "the job was leased to a long poll whose connection had closed"
+    );
+}
