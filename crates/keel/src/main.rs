@@ -3,6 +3,7 @@
 mod backup;
 mod bench;
 mod commands;
+mod logsink;
 mod otel;
 mod render;
 mod serve;
@@ -449,8 +450,8 @@ fn main() -> ExitCode {
     };
     let code = match cli.command {
         Command::Serve(args) => {
-            // Held until serving ends: with OTLP export, dropping it flushes the last spans.
-            let _spans = match init_logs(cli.log_format, args.otlp_endpoint.as_deref()) {
+            // Held until serving ends: dropping it flushes the last spans and lines.
+            let _logs = match init_logs(cli.log_format, args.otlp_endpoint.as_deref()) {
                 Ok(g) => g,
                 Err(e) => {
                     eprintln!("keel: {e:#}");
@@ -466,7 +467,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Migrate(storage) => match init_logs(cli.log_format, None) {
-            Ok(_) => finish(runtime.block_on(serve::migrate(&storage, &cli.data_dir))),
+            Ok(_logs) => finish(runtime.block_on(serve::migrate(&storage, &cli.data_dir))),
             Err(e) => finish(Err(e)),
         },
         Command::Export(args) => finish(runtime.block_on(transfer::export(args, &cli.data_dir))),
@@ -656,8 +657,14 @@ fn finish(result: anyhow::Result<()>) -> u8 {
     }
 }
 
-/// Sets up logging (and, with `otlp`, span export). The guard flushes spans when dropped.
-fn init_logs(format: Option<LogFormat>, otlp: Option<&str>) -> anyhow::Result<Option<otel::Guard>> {
+/// What keeps logging going; dropping it flushes the last spans (with `otlp`), then the last lines.
+struct Logs {
+    _spans: Option<otel::Guard>,
+    _lines: logsink::Guard,
+}
+
+/// Sets up logging (and, with `otlp`, span export): lines go through `logsink`.
+fn init_logs(format: Option<LogFormat>, otlp: Option<&str>) -> anyhow::Result<Logs> {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::registry::Registry;
@@ -671,7 +678,8 @@ fn init_logs(format: Option<LogFormat>, otlp: Option<&str>) -> anyhow::Result<Op
         Some(LogFormat::Pretty) => false,
         None => !std::io::stdout().is_terminal(),
     };
-    let fmt = tracing_subscriber::fmt::layer();
+    let (sink, lines) = logsink::start();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(sink);
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![if json {
         fmt.json()
             .flatten_event(true)
@@ -691,5 +699,8 @@ fn init_logs(format: Option<LogFormat>, otlp: Option<&str>) -> anyhow::Result<Op
         None => None,
     };
     tracing_subscriber::registry().with(layers).init();
-    Ok(guard)
+    Ok(Logs {
+        _spans: guard,
+        _lines: lines,
+    })
 }
