@@ -32,7 +32,13 @@ struct Shared {
     buf: Mutex<Buffer>,
     ready: Condvar,
     /// Held across each write, so flushes leave in the order they took the buffer.
-    out: Mutex<Box<dyn Write + Send>>,
+    out: Mutex<Output>,
+}
+
+struct Output {
+    w: Box<dyn Write + Send>,
+    /// The buffer written last, swapped in for the next batch so it keeps its capacity.
+    spare: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -52,7 +58,7 @@ impl Shared {
         let mut buf = lock(&self.buf);
         if buf.closed {
             drop(buf);
-            let _ = lock(&self.out).write_all(line);
+            let _ = lock(&self.out).w.write_all(line);
             return;
         }
         let was_empty = buf.bytes.is_empty();
@@ -68,10 +74,23 @@ impl Shared {
 
     fn flush(&self) {
         let mut out = lock(&self.out);
-        let bytes = std::mem::take(&mut lock(&self.buf).bytes);
-        if !bytes.is_empty() {
-            let _ = out.write_all(&bytes);
-            let _ = out.flush();
+        Self::take(&mut out, &mut lock(&self.buf));
+        Self::write_out(&mut out);
+    }
+
+    /// Swaps the buffer for the spare, which keeps its capacity for the next batch. Called with
+    /// the output locked first, so batches are written in the order they were taken.
+    fn take(out: &mut Output, buf: &mut Buffer) {
+        out.spare.clear();
+        std::mem::swap(&mut out.spare, &mut buf.bytes);
+    }
+
+    /// Writes the batch taken last; the buffer's lock is not held, so loggers go on meanwhile.
+    fn write_out(out: &mut Output) {
+        if !out.spare.is_empty() {
+            let Output { w, spare } = out;
+            let _ = w.write_all(spare);
+            let _ = w.flush();
         }
     }
 
@@ -83,10 +102,9 @@ impl Shared {
         let Ok(mut buf) = self.buf.try_lock() else {
             return;
         };
-        let bytes = std::mem::take(&mut buf.bytes);
+        Self::take(&mut out, &mut buf);
         drop(buf);
-        let _ = out.write_all(&bytes);
-        let _ = out.flush();
+        Self::write_out(&mut out);
     }
 
     fn run(&self) {
@@ -127,7 +145,10 @@ fn start_on(out: Box<dyn Write + Send>) -> (LogSink, Guard) {
     let shared = Arc::new(Shared {
         buf: Mutex::new(Buffer::default()),
         ready: Condvar::new(),
-        out: Mutex::new(out),
+        out: Mutex::new(Output {
+            w: out,
+            spare: Vec::new(),
+        }),
     });
     let flusher = {
         let shared = shared.clone();

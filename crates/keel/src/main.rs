@@ -3,6 +3,7 @@
 mod backup;
 mod bench;
 mod commands;
+mod logformat;
 mod logsink;
 mod otel;
 mod render;
@@ -681,10 +682,8 @@ fn init_logs(format: Option<LogFormat>, otlp: Option<&str>) -> anyhow::Result<Lo
     let (sink, lines) = logsink::start();
     let fmt = tracing_subscriber::fmt::layer().with_writer(sink);
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![if json {
-        fmt.json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+        fmt.fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(logformat::JsonLines)
             .with_filter(filter())
             .boxed()
     } else {
