@@ -153,6 +153,13 @@ impl Target {
         Ok(moved)
     }
 
+    /// Drops the pooled connections; the next requests open new ones.
+    fn forget_idle(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+
     async fn connection(&self) -> Result<SendRequest<Full<Bytes>>, String> {
         loop {
             let idle = self.idle.lock().map_err(|e| e.to_string())?.pop();
@@ -381,6 +388,10 @@ pub async fn run(
         if !json_out {
             eprintln!("{scenario:?}…");
         }
+        // Connections left idle by the last scenario may be closed by the server (its header
+        // read timeout) just as this one picks them up; a POST on such a connection fails
+        // without reaching the server and would count as an error of this scenario.
+        target.forget_idle();
         let mut report = match scenario {
             Scenario::Baseline => baseline(&target, &args).await,
             Scenario::Enqueue => enqueue(&target, &args, &queue).await,
