@@ -95,6 +95,86 @@ pub(crate) fn job_from_row(row: &Row) -> rusqlite::Result<Job> {
 }
 
 /// Inserts a new job's row.
+/// Statement sizes `insert_jobs` uses, largest first (as for events).
+const JOB_CHUNKS: [usize; 4] = [64, 16, 4, 1];
+/// Columns of `INSERT_JOB`, bound in that order by `bind_job`.
+const JOB_PARAMS: usize = 23;
+
+/// `OR FAIL` for the reason given at `insert_events_sql`: any failure fails the whole group.
+fn insert_jobs_sql(rows: usize) -> String {
+    let (columns, _) = INSERT_JOB
+        .split_once(" VALUES ")
+        .unwrap_or((INSERT_JOB, ""));
+    let mut sql = columns.replacen("INSERT INTO", "INSERT OR FAIL INTO", 1);
+    sql.push_str(" VALUES ");
+    for i in 0..rows {
+        sql.push_str(if i == 0 { "(" } else { ", (" });
+        for c in 0..JOB_PARAMS {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("?{}", i * JOB_PARAMS + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+static INSERT_JOBS: std::sync::LazyLock<[String; 4]> =
+    std::sync::LazyLock::new(|| JOB_CHUNKS.map(insert_jobs_sql));
+
+/// Inserts new jobs' rows in multi-row statements: one statement-cache lookup and one
+/// statement per chunk instead of per job (an enqueue's rows are written when it is done).
+pub(crate) fn insert_jobs(conn: &rusqlite::Connection, jobs: &[&Job]) -> rusqlite::Result<()> {
+    let mut rest = jobs;
+    for (size, sql) in JOB_CHUNKS.iter().zip(INSERT_JOBS.iter()) {
+        while rest.len() >= *size {
+            let (chunk, tail) = rest.split_at(*size);
+            let mut stmt = conn.prepare_cached(sql)?;
+            for (i, job) in chunk.iter().enumerate() {
+                bind_job(&mut stmt, i * JOB_PARAMS, job)?;
+            }
+            stmt.raw_execute()?;
+            rest = tail;
+        }
+    }
+    Ok(())
+}
+
+/// Binds one job's `INSERT_JOB` values at parameters `at + 1 ..= at + JOB_PARAMS`.
+fn bind_job(stmt: &mut rusqlite::Statement<'_>, at: usize, job: &Job) -> rusqlite::Result<()> {
+    let lease = job.lease.as_ref();
+    let values: [&dyn rusqlite::ToSql; JOB_PARAMS] = [
+        &job.id.into_bytes(),
+        &job.queue,
+        &job.kind,
+        &job.payload.get(),
+        &job.state.as_str(),
+        &job.priority,
+        &job.attempt,
+        &job.max_attempts,
+        &job.timeout_ms,
+        &to_json(&job.backoff)?,
+        &job.run_at.as_millis(),
+        &job.created_at.as_millis(),
+        &job.updated_at.as_millis(),
+        &job.finished_at.map(Time::as_millis),
+        &job.idempotency_key,
+        &to_json(&job.tags)?,
+        &job.last_error.as_ref().map(to_json).transpose()?,
+        &job.result.as_ref().map(Json::get),
+        &lease.map(|l| &l.token_hash),
+        &lease.map(|l| l.expires_at.as_millis()),
+        &lease.and_then(|l| l.worker.as_ref()),
+        &lease.map(|l| l.leased_at.as_millis()),
+        &job.traceparent,
+    ];
+    for (i, v) in values.iter().enumerate() {
+        stmt.raw_bind_parameter(at + i + 1, v)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn insert_job(conn: &rusqlite::Connection, job: &Job) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(INSERT_JOB)?;
     let lease = job.lease.as_ref();

@@ -25,7 +25,9 @@ use uuid::Uuid;
 use super::checkpoint::{Nudge, writer_fallback_pages};
 use super::index::{Entry, Index};
 use super::park::{Parked, ParkedSet};
-use super::rows::{EventBuffer, SELECT_JOB, insert_job, job_from_row, update_job, uuid_col};
+use super::rows::{
+    EventBuffer, SELECT_JOB, insert_job, insert_jobs, job_from_row, update_job, uuid_col,
+};
 use super::schedules::{self, ArmedSet, load_armed};
 use super::sync::{Group, Syncer};
 use crate::StoreError;
@@ -567,10 +569,6 @@ impl Writer {
         let Some(id) = before.or(after).map(|j| j.id) else {
             return Ok(());
         };
-        for ev in events {
-            self.events.push(id, now, ev)?;
-        }
-        self.tally.note(before, after, events, now);
         match (before, after) {
             (None, Some(a)) => insert_job(&self.conn, a)?,
             (Some(_), Some(a)) => update_job(&self.conn, a)?,
@@ -581,6 +579,23 @@ impl Writer {
             }
             (None, None) => {}
         }
+        self.record(id, before, after, events, now)
+    }
+
+    /// Everything `save` does but the row: events, counts, the index. Only `enqueue` calls it
+    /// alone, and writes its new rows itself, together, before its request is done.
+    fn record(
+        &mut self,
+        id: Uuid,
+        before: Option<&Job>,
+        after: Option<&Job>,
+        events: &[EventData],
+        now: Time,
+    ) -> Result<(), Fatal> {
+        for ev in events {
+            self.events.push(id, now, ev)?;
+        }
+        self.tally.note(before, after, events, now);
         let change = self
             .index
             .update(before.map(Entry::from), after.map(Entry::from));
@@ -590,12 +605,13 @@ impl Writer {
 
     /// Saves a new job with its `enqueued` event. The event owns the job meanwhile and the row
     /// is written from it, so no job is copied; the job comes back for the answer.
-    fn save_created(&mut self, job: Job, now: Time) -> Result<Job, Fatal> {
+    /// Records a new job with its `enqueued` event; the caller inserts its row (`insert_jobs`).
+    fn record_created(&mut self, job: Job, now: Time) -> Result<Job, Fatal> {
         let events = [EventData::Enqueued { job: Box::new(job) }];
         let [EventData::Enqueued { job }] = &events else {
             return Err(Fatal(StoreError::Internal("no enqueued event".into())));
         };
-        self.save(None, Some(job), &events, now)?;
+        self.record(job.id, None, Some(job), &events, now)?;
         match events {
             [EventData::Enqueued { job }] => Ok(*job),
             _ => Err(Fatal(StoreError::Internal("no enqueued event".into()))),
@@ -670,7 +686,7 @@ impl Writer {
             };
             let config = self.queue_config(&new.queue, now)?;
             let id = self.ids.next(now);
-            let job = self.save_created(new.into_job(id, &config, now), now)?;
+            let job = self.record_created(new.into_job(id, &config, now), now)?;
             if let (Some(key), Some(fingerprint)) = (&job.idempotency_key, fingerprint) {
                 self.conn
                             .prepare_cached(
@@ -684,6 +700,10 @@ impl Writer {
                 replayed: false,
             });
         }
+        // The new rows, in one statement per chunk. Nothing above read them back: a replay of a
+        // key created in this request is resolved from `out`, and `load` reads earlier requests'.
+        let created: Vec<&Job> = out.iter().filter(|e| !e.replayed).map(|e| &e.job).collect();
+        insert_jobs(&self.conn, &created)?;
         Ok(Ok(out))
     }
 
