@@ -603,9 +603,8 @@ impl Writer {
         Ok(())
     }
 
-    /// Saves a new job with its `enqueued` event. The event owns the job meanwhile and the row
-    /// is written from it, so no job is copied; the job comes back for the answer.
-    /// Records a new job with its `enqueued` event; the caller inserts its row (`insert_jobs`).
+    /// Records a new job with its `enqueued` event (the caller inserts its row, `insert_jobs`).
+    /// The event owns the job meanwhile, so no job is copied; the job comes back for the answer.
     fn record_created(&mut self, job: Job, now: Time) -> Result<Job, Fatal> {
         let events = [EventData::Enqueued { job: Box::new(job) }];
         let [EventData::Enqueued { job }] = &events else {
