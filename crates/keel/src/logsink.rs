@@ -58,7 +58,12 @@ impl Shared {
         let mut buf = lock(&self.buf);
         if buf.closed {
             drop(buf);
-            let _ = lock(&self.out).w.write_all(line);
+            // Lines buffered before the close (the guard's last flush may not have run yet)
+            // go first.
+            let mut out = lock(&self.out);
+            Self::take(&mut out, &mut lock(&self.buf));
+            Self::write_out(&mut out);
+            let _ = out.w.write_all(line);
             return;
         }
         let was_empty = buf.bytes.is_empty();
