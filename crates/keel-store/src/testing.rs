@@ -1209,6 +1209,12 @@ pub mod cases {
                 j.timeout_ms = Some(1_000 + i as i64);
                 j.tags = (0..i % 4).map(|t| format!("t{t}")).collect();
                 j.idempotency_key = (i % 7 == 0).then(|| format!("key-{i}"));
+                // Runs of equal backoffs and changes between them.
+                j.backoff = (i % 13 < 4).then(|| Backoff {
+                    initial_ms: 100 + (i / 13) as i64,
+                    max_ms: 60_000,
+                    jitter: 0.5,
+                });
                 if i % 11 == 0 {
                     j.when = When::At(T0.plus_ms(60_000 + i as i64));
                 }
