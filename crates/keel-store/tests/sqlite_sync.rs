@@ -174,3 +174,37 @@ async fn a_failed_fsync_stops_every_write_until_restart() {
     store.check_ready().await.unwrap();
     store.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_parked_long_poll_hears_of_its_lease_only_after_the_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let store = open(dir.path(), &gate);
+    let poll = {
+        let s = store.clone();
+        tokio::spawn(async move {
+            let now = || T0;
+            s.wait_and_lease(
+                keel_store::testing::lease_req(&["q"], 10),
+                &now,
+                Duration::from_secs(30),
+            )
+            .await
+        })
+    };
+    // Parked: nothing to lease yet.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!poll.is_finished());
+    // The enqueue's group also leases the job to the parked poll; its fsync is held.
+    let enqueued = held_enqueue(&gate, &store, job("q")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !poll.is_finished(),
+        "a parked poll was answered before the fsync of its lease"
+    );
+    gate.set_closed(false);
+    let id = enqueued.await.unwrap().unwrap()[0].job.id;
+    let leased = poll.await.unwrap().unwrap();
+    assert_eq!(leased.iter().map(|l| l.job.id).collect::<Vec<_>>(), vec![id]);
+    store.close().await.unwrap();
+}

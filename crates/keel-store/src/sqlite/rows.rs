@@ -94,51 +94,18 @@ pub(crate) fn job_from_row(row: &Row) -> rusqlite::Result<Job> {
     })
 }
 
-/// Inserts a new job's row.
-/// Statement sizes `insert_jobs` uses, largest first (as for events).
-const JOB_CHUNKS: [usize; 4] = [64, 16, 4, 1];
-/// Columns of `INSERT_JOB`, bound in that order by `bind_job`.
+static INSERT_JOBS: std::sync::LazyLock<[String; 4]> = std::sync::LazyLock::new(|| {
+    CHUNKS.map(|rows| multi_row_insert_sql(&format!("jobs ({JOB_COLUMNS})"), JOB_PARAMS, rows))
+});
+/// Columns of `INSERT_JOB` and `JOB_COLUMNS`, bound in that order by `bind_job`.
 const JOB_PARAMS: usize = 23;
-
-/// `OR FAIL` for the reason given at `insert_events_sql`: any failure fails the whole group.
-fn insert_jobs_sql(rows: usize) -> String {
-    let (columns, _) = INSERT_JOB
-        .split_once(" VALUES ")
-        .unwrap_or((INSERT_JOB, ""));
-    let mut sql = columns.replacen("INSERT INTO", "INSERT OR FAIL INTO", 1);
-    sql.push_str(" VALUES ");
-    for i in 0..rows {
-        sql.push_str(if i == 0 { "(" } else { ", (" });
-        for c in 0..JOB_PARAMS {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("?{}", i * JOB_PARAMS + c + 1));
-        }
-        sql.push(')');
-    }
-    sql
-}
-
-static INSERT_JOBS: std::sync::LazyLock<[String; 4]> =
-    std::sync::LazyLock::new(|| JOB_CHUNKS.map(insert_jobs_sql));
 
 /// Inserts new jobs' rows in multi-row statements: one statement-cache lookup and one
 /// statement per chunk instead of per job (an enqueue's rows are written when it is done).
 pub(crate) fn insert_jobs(conn: &rusqlite::Connection, jobs: &[&Job]) -> rusqlite::Result<()> {
-    let mut rest = jobs;
-    for (size, sql) in JOB_CHUNKS.iter().zip(INSERT_JOBS.iter()) {
-        while rest.len() >= *size {
-            let (chunk, tail) = rest.split_at(*size);
-            let mut stmt = conn.prepare_cached(sql)?;
-            for (i, job) in chunk.iter().enumerate() {
-                bind_job(&mut stmt, i * JOB_PARAMS, job)?;
-            }
-            stmt.raw_execute()?;
-            rest = tail;
-        }
-    }
-    Ok(())
+    insert_chunked(conn, jobs, &INSERT_JOBS, JOB_PARAMS, |stmt, at, job| {
+        bind_job(stmt, at, job)
+    })
 }
 
 /// Binds one job's `INSERT_JOB` values at parameters `at + 1 ..= at + JOB_PARAMS`.
@@ -175,34 +142,11 @@ fn bind_job(stmt: &mut rusqlite::Statement<'_>, at: usize, job: &Job) -> rusqlit
     Ok(())
 }
 
+/// Inserts a new job's row.
 pub(crate) fn insert_job(conn: &rusqlite::Connection, job: &Job) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(INSERT_JOB)?;
-    let lease = job.lease.as_ref();
-    stmt.execute(params![
-        job.id.into_bytes(),
-        job.queue,
-        job.kind,
-        job.payload.get(),
-        job.state.as_str(),
-        job.priority,
-        job.attempt,
-        job.max_attempts,
-        job.timeout_ms,
-        to_json(&job.backoff)?,
-        job.run_at.as_millis(),
-        job.created_at.as_millis(),
-        job.updated_at.as_millis(),
-        job.finished_at.map(Time::as_millis),
-        job.idempotency_key,
-        to_json(&job.tags)?,
-        job.last_error.as_ref().map(to_json).transpose()?,
-        job.result.as_ref().map(Json::get),
-        lease.map(|l| &l.token_hash),
-        lease.map(|l| l.expires_at.as_millis()),
-        lease.and_then(|l| l.worker.as_ref()),
-        lease.map(|l| l.leased_at.as_millis()),
-        job.traceparent,
-    ])?;
+    bind_job(&mut stmt, 0, job)?;
+    stmt.raw_execute()?;
     Ok(())
 }
 
@@ -277,28 +221,58 @@ pub(crate) struct EventBuffer {
     rows: Vec<(Uuid, Time, &'static str, String)>,
 }
 
-/// Statement sizes `flush` uses, largest first: any count is a sum of these, and the statement
-/// cache holds one statement per size.
-const EVENT_CHUNKS: [usize; 4] = [64, 16, 4, 1];
+/// Statement sizes of the multi-row inserts, largest first: any count is a sum of these, and the
+/// statement cache holds one statement per size.
+const CHUNKS: [usize; 4] = [64, 16, 4, 1];
 
+/// `INSERT OR FAIL INTO {into} VALUES (?1, …), …`: `rows` rows of `width` parameters each.
+///
 /// `OR FAIL`: a multi-row `INSERT` that may abort halfway makes SQLite keep a statement journal
 /// (a copy of every page the statement touches, 4% of the writer's time in batch enqueue) to
 /// undo its own first rows; these statements cannot conflict, and any failure (a full disk)
 /// rolls the whole group back anyway, so nothing needs undoing one statement at a time.
-fn insert_events_sql(rows: usize) -> String {
-    let mut sql = String::from("INSERT OR FAIL INTO events (job_id, at, type, data) VALUES ");
+fn multi_row_insert_sql(into: &str, width: usize, rows: usize) -> String {
+    let mut sql = format!("INSERT OR FAIL INTO {into} VALUES ");
     for i in 0..rows {
-        if i > 0 {
-            sql.push_str(", ");
+        sql.push_str(if i == 0 { "(" } else { ", (" });
+        for c in 0..width {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("?{}", i * width + c + 1));
         }
-        let p = i * 4;
-        sql.push_str(&format!("(?{}, ?{}, ?{}, ?{})", p + 1, p + 2, p + 3, p + 4));
+        sql.push(')');
     }
     sql
 }
 
-static INSERT_EVENTS: std::sync::LazyLock<[String; 4]> =
-    std::sync::LazyLock::new(|| EVENT_CHUNKS.map(insert_events_sql));
+/// Inserts `rows` in order, in statements of the `CHUNKS` sizes (`sqls` holds one per size);
+/// `bind` binds one row at the parameter offset given.
+fn insert_chunked<T>(
+    conn: &rusqlite::Connection,
+    rows: &[T],
+    sqls: &[String; 4],
+    width: usize,
+    bind: impl Fn(&mut rusqlite::Statement<'_>, usize, &T) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    let mut rest = rows;
+    for (size, sql) in CHUNKS.iter().zip(sqls) {
+        while rest.len() >= *size {
+            let (chunk, tail) = rest.split_at(*size);
+            let mut stmt = conn.prepare_cached(sql)?;
+            for (i, row) in chunk.iter().enumerate() {
+                bind(&mut stmt, i * width, row)?;
+            }
+            stmt.raw_execute()?;
+            rest = tail;
+        }
+    }
+    Ok(())
+}
+
+static INSERT_EVENTS: std::sync::LazyLock<[String; 4]> = std::sync::LazyLock::new(|| {
+    CHUNKS.map(|rows| multi_row_insert_sql("events (job_id, at, type, data)", 4, rows))
+});
 
 impl EventBuffer {
     /// Serialises an event and queues it. `type` is kept in its own column for filtering.
@@ -327,22 +301,12 @@ impl EventBuffer {
     }
 
     fn insert_all(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
-        let mut rest = self.rows.as_slice();
-        for (size, sql) in EVENT_CHUNKS.iter().zip(INSERT_EVENTS.iter()) {
-            while rest.len() >= *size {
-                let (chunk, tail) = rest.split_at(*size);
-                let mut stmt = conn.prepare_cached(sql)?;
-                for (i, (job_id, at, kind, body)) in chunk.iter().enumerate() {
-                    let p = i * 4;
-                    stmt.raw_bind_parameter(p + 1, job_id.as_bytes().as_slice())?;
-                    stmt.raw_bind_parameter(p + 2, at.as_millis())?;
-                    stmt.raw_bind_parameter(p + 3, kind)?;
-                    stmt.raw_bind_parameter(p + 4, body)?;
-                }
-                stmt.raw_execute()?;
-                rest = tail;
-            }
-        }
-        Ok(())
+        insert_chunked(conn, &self.rows, &INSERT_EVENTS, 4, |stmt, at, row| {
+            let (job_id, time, kind, body) = row;
+            stmt.raw_bind_parameter(at + 1, job_id.as_bytes().as_slice())?;
+            stmt.raw_bind_parameter(at + 2, time.as_millis())?;
+            stmt.raw_bind_parameter(at + 3, kind)?;
+            stmt.raw_bind_parameter(at + 4, body)
+        })
     }
 }
