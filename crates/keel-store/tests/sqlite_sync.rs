@@ -205,6 +205,9 @@ async fn a_parked_long_poll_hears_of_its_lease_only_after_the_fsync() {
     gate.set_closed(false);
     let id = enqueued.await.unwrap().unwrap()[0].job.id;
     let leased = poll.await.unwrap().unwrap();
-    assert_eq!(leased.iter().map(|l| l.job.id).collect::<Vec<_>>(), vec![id]);
+    assert_eq!(
+        leased.iter().map(|l| l.job.id).collect::<Vec<_>>(),
+        vec![id]
+    );
     store.close().await.unwrap();
 }
