@@ -8,6 +8,7 @@
 mod access;
 pub mod backup;
 mod checkpoint;
+mod held;
 mod index;
 mod park;
 mod rows;

@@ -3,8 +3,8 @@
 //! It drains every request waiting on its channel, applies them in one transaction, commits, and
 //! hands the answers to the sync thread (`sync.rs`), which sends them once an fsync of the WAL
 //! covers the commit; meanwhile the writer takes the next group. Every job change goes
-//! through `save`, which appends the events, writes the row and updates the in-memory index in
-//! step. A storage error rolls back the whole group, answers every caller with it, and rebuilds
+//! through `save`, which appends the events, writes the row and updates the in-memory index and
+//! the copy of the job kept for its next change (`held.rs`) in step. A storage error rolls back the whole group, answers every caller with it, and rebuilds
 //! the in-memory state from disk, so memory never holds what the disk does not.
 
 use std::collections::HashMap;
@@ -23,6 +23,7 @@ use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use super::checkpoint::{Nudge, writer_fallback_pages};
+use super::held::Held;
 use super::index::{Entry, Index};
 use super::park::{Parked, ParkedSet};
 use super::rows::{
@@ -138,6 +139,8 @@ pub(crate) struct Writer {
     defaults: QueueConfig,
     idempotency_ttl_ms: i64,
     index: Index,
+    /// Copies of jobs just written, so their next change need not read them back (`held.rs`).
+    held: Held,
     queues: HashMap<String, QueueState>,
     pub(super) schedules: ArmedSet,
     ids: Ids,
@@ -191,6 +194,7 @@ impl Writer {
             defaults,
             idempotency_ttl_ms,
             index: Index::default(),
+            held: Held::default(),
             queues: HashMap::new(),
             schedules: ArmedSet::new(),
             ids: Ids::new(),
@@ -214,6 +218,7 @@ impl Writer {
     /// Rebuilds the in-memory state from disk (at start, and after a failed commit).
     fn reload(&mut self) -> Result<(), Fatal> {
         self.queues.clear();
+        self.held.clear();
         let mut stmt = self
             .conn
             .prepare("SELECT name, paused, overrides FROM queues")?;
@@ -558,7 +563,16 @@ impl Writer {
         Ok(stmt.query_row([id.into_bytes()], job_from_row).optional()?)
     }
 
-    /// Persists one job change: its events, its row, and the index, together.
+    /// A job about to be changed: the copy kept when it was last written, or its row. The copy
+    /// is taken out, so a change that is refused leaves none behind (`held.rs`).
+    fn take(&mut self, id: Uuid) -> Result<Option<Job>, Fatal> {
+        match self.held.take(id) {
+            Some(job) => Ok(Some(job)),
+            None => self.load(id),
+        }
+    }
+
+    /// Persists one job change: its events, its row, the writer's copy and the index, together.
     fn save(
         &mut self,
         before: Option<&Job>,
@@ -578,6 +592,10 @@ impl Writer {
                     .execute([id.into_bytes()])?;
             }
             (None, None) => {}
+        }
+        match after {
+            Some(a) => self.held.put(a),
+            None => self.held.forget(id),
         }
         self.record(id, before, after, events, now)
     }
@@ -625,7 +643,7 @@ impl Writer {
     /// Applies `cmd` to a job whose queue `scope` allows; a job outside it is `NotFound`, exactly
     /// as if it did not exist, so a scoped token learns nothing about other queues.
     fn apply_in(&mut self, id: Uuid, cmd: &Command, scope: &Scope, now: Time) -> Step<Option<Job>> {
-        let Some(job) = self.load(id)?.filter(|j| scope.allows(&j.queue)) else {
+        let Some(job) = self.take(id)?.filter(|j| scope.allows(&j.queue)) else {
             return Ok(Err(StoreError::NotFound));
         };
         match step(&job, cmd, now) {
@@ -759,7 +777,7 @@ impl Writer {
                     self.rate_wake = Some(self.rate_wake.map_or(at, |w| w.min(at)));
                     break;
                 }
-                let Some(job) = self.load(id)? else {
+                let Some(job) = self.take(id)? else {
                     return Err(Fatal(StoreError::Internal(format!(
                         "ready index names missing job {id}"
                     ))));

@@ -1,0 +1,142 @@
+//! The writer's copies of jobs it has just written, so the next change to a job does not read
+//! its row back. A drained job is written twice in quick succession (leased, then completed);
+//! without these copies each change began with a `SELECT` of the row and its decoding, about a
+//! fifth of the writer's time under drain load (docs/performance.md).
+//!
+//! Invariants:
+//! - A copy equals its job's row in the writer's current transaction. Copies are put only by
+//!   `Writer::save`, after the row is written, and only the writer writes job rows; whoever
+//!   changes a job takes its copy out first (`take`), so a change that is refused or fails leaves
+//!   no copy behind, and a group that fails clears every copy with the rest of the writer's
+//!   memory (`Writer::reload`). Readers never see copies: they read committed rows.
+//! - Final jobs (completed, dead, cancelled) are not kept: they are rarely changed again, and
+//!   the copies stay those of work in flight.
+//! - Copies are bounded by an estimate of their size (`MAX_BYTES`); when full, a job is simply
+//!   not kept, and its next change reads its row as before.
+
+use std::collections::HashMap;
+
+use keel_core::Job;
+use uuid::Uuid;
+
+/// The most the copies may hold, by `cost`.
+const MAX_BYTES: usize = 32 << 20;
+
+#[derive(Default)]
+pub(super) struct Held {
+    jobs: HashMap<Uuid, (Job, usize)>,
+    bytes: usize,
+    limit: Option<usize>,
+}
+
+impl Held {
+    #[cfg(test)]
+    fn with_limit(bytes: usize) -> Held {
+        Held {
+            limit: Some(bytes),
+            ..Held::default()
+        }
+    }
+
+    /// Removes and returns the copy of `id`, if there is one.
+    pub(super) fn take(&mut self, id: Uuid) -> Option<Job> {
+        let (job, cost) = self.jobs.remove(&id)?;
+        self.bytes -= cost;
+        Some(job)
+    }
+
+    /// Records `job` as just written, replacing any older copy; keeps nothing for a final job,
+    /// or when full.
+    pub(super) fn put(&mut self, job: &Job) {
+        self.take(job.id);
+        if job.state.is_final() {
+            return;
+        }
+        let cost = cost(job);
+        if self.bytes + cost > self.limit.unwrap_or(MAX_BYTES) {
+            return;
+        }
+        self.bytes += cost;
+        self.jobs.insert(job.id, (job.clone(), cost));
+    }
+
+    /// Forgets the copy of `id` (its row was deleted).
+    pub(super) fn forget(&mut self, id: Uuid) {
+        self.take(id);
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.jobs.clear();
+        self.bytes = 0;
+    }
+}
+
+/// A job's size in memory, roughly: its variable parts plus a fixed allowance for the rest.
+fn cost(job: &Job) -> usize {
+    let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    512 + job.queue.len()
+        + job.kind.len()
+        + job.payload.get().len()
+        + job.result.as_ref().map_or(0, |r| r.get().len())
+        + job.last_error.as_ref().map_or(0, |e| e.message.len())
+        + job.tags.iter().map(String::len).sum::<usize>()
+        + text(&job.idempotency_key)
+        + text(&job.traceparent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_core::{Json, QueueConfig, State, Time};
+
+    fn job(n: u128, payload_bytes: usize) -> Job {
+        let mut new = crate::testing::job("q");
+        new.payload = Json::from_value(&serde_json::json!({"p": "x".repeat(payload_bytes)}));
+        new.into_job(Uuid::from_u128(n), &QueueConfig::default(), Time::EPOCH)
+    }
+
+    #[test]
+    fn a_copy_is_taken_once_and_replaced_by_the_latest_write() {
+        let mut held = Held::default();
+        let mut j = job(1, 10);
+        held.put(&j);
+        j.attempt = 3;
+        held.put(&j);
+        assert_eq!(held.take(j.id).map(|j| j.attempt), Some(3));
+        assert!(held.take(j.id).is_none(), "a copy is handed out once");
+        assert_eq!(held.bytes, 0);
+    }
+
+    #[test]
+    fn final_jobs_are_not_kept_and_replace_an_older_copy() {
+        let mut held = Held::default();
+        let mut j = job(1, 10);
+        held.put(&j);
+        j.state = State::Completed;
+        held.put(&j);
+        assert!(
+            held.take(j.id).is_none(),
+            "the running copy must not outlive completion"
+        );
+        assert_eq!(held.bytes, 0);
+    }
+
+    #[test]
+    fn the_copies_stay_within_their_budget() {
+        let one = cost(&job(0, 1_000));
+        let mut held = Held::with_limit(one * 3);
+        for n in 1..=5 {
+            held.put(&job(n, 1_000));
+        }
+        assert_eq!(held.jobs.len(), 3, "only what fits is kept");
+        assert!(held.bytes <= one * 3);
+        held.forget(Uuid::from_u128(1));
+        held.put(&job(4, 1_000));
+        assert!(
+            held.take(Uuid::from_u128(4)).is_some(),
+            "room made is used again"
+        );
+        held.clear();
+        assert_eq!((held.jobs.len(), held.bytes), (0, 0));
+    }
+}
