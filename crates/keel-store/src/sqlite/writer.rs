@@ -3,9 +3,10 @@
 //! It drains every request waiting on its channel, applies them in one transaction, commits, and
 //! hands the answers to the sync thread (`sync.rs`), which sends them once an fsync of the WAL
 //! covers the commit; meanwhile the writer takes the next group. Every job change goes
-//! through `save`, which appends the events, writes the row and updates the in-memory index and
-//! the copy of the job kept for its next change (`held.rs`) in step. A storage error rolls back the whole group, answers every caller with it, and rebuilds
-//! the in-memory state from disk, so memory never holds what the disk does not.
+//! through `save`, which appends the events, writes the row and updates, in step, the in-memory
+//! index and the copy of the job kept for its next change (`held.rs`). A storage error rolls
+//! back the whole group, answers every caller with it, and rebuilds the in-memory state from
+//! disk, so memory never holds what the disk does not.
 
 use std::collections::HashMap;
 use std::sync::Arc;
