@@ -83,9 +83,22 @@ impl Default for ServerConfig {
     }
 }
 
-/// What every handler can reach. Fields are crate-private; handlers get what they need.
+/// What every handler can reach, behind one `Arc`: axum clones the state for every extractor and
+/// middleware that takes it, several times per request, and one shared count to bump is cheaper
+/// than eight (their atomics bounce between the cores; ~6% of the HTTP threads' time per enqueue,
+/// docs/performance.md). Fields are crate-private; handlers get what they need.
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: Arc<ServerConfig>,
@@ -123,7 +136,7 @@ pub async fn serve(
     let (stop, stopping) = watch::channel(false);
     let grace = config.shutdown_grace;
     let (tls, conn_limits) = (config.tls.clone(), config.conn.clone());
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         store: store.clone(),
         clock: clock.clone(),
         config: Arc::new(config),
@@ -132,7 +145,7 @@ pub async fn serve(
         push: push.clone(),
         ui: Arc::new(ui::Ui::new()?),
         stopping: stopping.clone(),
-    };
+    }));
     let sampler = {
         let ui = state.ui.clone();
         tokio::spawn(async move { ui.history.sample().await })
