@@ -9,32 +9,37 @@
 //!   changes a job takes its copy out first (`take`), so a change that is refused or fails leaves
 //!   no copy behind, and a group that fails clears every copy with the rest of the writer's
 //!   memory (`Writer::reload`). Readers never see copies: they read committed rows.
-//! - Final jobs (completed, dead, cancelled) are not kept: they are rarely changed again, and
-//!   the copies stay those of work in flight.
+//! - Only running jobs are kept: their next change (ack, heartbeat, expiry) is close, and a job
+//!   waiting hours for a retry would otherwise hold room that work in flight could use.
 //! - Copies are bounded by an estimate of their size (`MAX_BYTES`); when full, a job is simply
 //!   not kept, and its next change reads its row as before.
 
 use std::collections::HashMap;
 
-use keel_core::Job;
+use keel_core::{Job, State};
 use uuid::Uuid;
 
 /// The most the copies may hold, by `cost`.
 const MAX_BYTES: usize = 32 << 20;
 
-#[derive(Default)]
 pub(super) struct Held {
     jobs: HashMap<Uuid, (Job, usize)>,
     bytes: usize,
-    limit: Option<usize>,
+    limit: usize,
+}
+
+impl Default for Held {
+    fn default() -> Held {
+        Held::with_limit(MAX_BYTES)
+    }
 }
 
 impl Held {
-    #[cfg(test)]
-    fn with_limit(bytes: usize) -> Held {
+    fn with_limit(limit: usize) -> Held {
         Held {
-            limit: Some(bytes),
-            ..Held::default()
+            jobs: HashMap::new(),
+            bytes: 0,
+            limit,
         }
     }
 
@@ -45,15 +50,15 @@ impl Held {
         Some(job)
     }
 
-    /// Records `job` as just written, replacing any older copy; keeps nothing for a final job,
-    /// or when full.
+    /// Records `job` as just written, replacing any older copy; keeps nothing for a job that is
+    /// not running, or when full.
     pub(super) fn put(&mut self, job: &Job) {
         self.take(job.id);
-        if job.state.is_final() {
+        if job.state != State::Running {
             return;
         }
         let cost = cost(job);
-        if self.bytes + cost > self.limit.unwrap_or(MAX_BYTES) {
+        if self.bytes + cost > self.limit {
             return;
         }
         self.bytes += cost;
@@ -87,12 +92,15 @@ fn cost(job: &Job) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_core::{Json, QueueConfig, State, Time};
+    use keel_core::{Json, QueueConfig, Time};
 
+    /// A running job.
     fn job(n: u128, payload_bytes: usize) -> Job {
         let mut new = crate::testing::job("q");
         new.payload = Json::from_value(&serde_json::json!({"p": "x".repeat(payload_bytes)}));
-        new.into_job(Uuid::from_u128(n), &QueueConfig::default(), Time::EPOCH)
+        let mut job = new.into_job(Uuid::from_u128(n), &QueueConfig::default(), Time::EPOCH);
+        job.state = State::Running;
+        job
     }
 
     #[test]
@@ -108,17 +116,19 @@ mod tests {
     }
 
     #[test]
-    fn final_jobs_are_not_kept_and_replace_an_older_copy() {
-        let mut held = Held::default();
-        let mut j = job(1, 10);
-        held.put(&j);
-        j.state = State::Completed;
-        held.put(&j);
-        assert!(
-            held.take(j.id).is_none(),
-            "the running copy must not outlive completion"
-        );
-        assert_eq!(held.bytes, 0);
+    fn jobs_not_running_are_not_kept_and_replace_an_older_copy() {
+        for state in [State::Completed, State::Scheduled, State::Available] {
+            let mut held = Held::default();
+            let mut j = job(1, 10);
+            held.put(&j);
+            j.state = state;
+            held.put(&j);
+            assert!(
+                held.take(j.id).is_none(),
+                "the running copy must not outlive the lease ({state:?})"
+            );
+            assert_eq!(held.bytes, 0);
+        }
     }
 
     #[test]

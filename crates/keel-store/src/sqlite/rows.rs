@@ -10,11 +10,6 @@ pub(crate) const JOB_COLUMNS: &str = "id, queue, kind, payload, state, priority,
     timeout_ms, backoff, run_at, created_at, updated_at, finished_at, idempotency_key, tags, last_error, \
     result, lease_token_hash, lease_expires_at, lease_worker, lease_leased_at, traceparent";
 
-pub(crate) const INSERT_JOB: &str = "INSERT INTO jobs (id, queue, kind, payload, state, priority, attempt, \
-    max_attempts, timeout_ms, backoff, run_at, created_at, updated_at, finished_at, idempotency_key, tags, \
-    last_error, result, lease_token_hash, lease_expires_at, lease_worker, lease_leased_at, traceparent) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)";
-
 /// One job by id, with `JOB_COLUMNS` (built once: the writer loads a job per lease and per ack).
 pub(crate) static SELECT_JOB: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"));
@@ -97,7 +92,7 @@ pub(crate) fn job_from_row(row: &Row) -> rusqlite::Result<Job> {
 static INSERT_JOBS: std::sync::LazyLock<[String; 4]> = std::sync::LazyLock::new(|| {
     CHUNKS.map(|rows| multi_row_insert_sql(&format!("jobs ({JOB_COLUMNS})"), JOB_PARAMS, rows))
 });
-/// Columns of `INSERT_JOB` and `JOB_COLUMNS`, bound in that order by `bind_job`.
+/// Columns of `JOB_COLUMNS`, bound in that order by `bind_job`.
 const JOB_PARAMS: usize = 23;
 
 /// Inserts new jobs' rows in multi-row statements: one statement-cache lookup and one
@@ -108,7 +103,7 @@ pub(crate) fn insert_jobs(conn: &rusqlite::Connection, jobs: &[&Job]) -> rusqlit
     })
 }
 
-/// Binds one job's `INSERT_JOB` values at parameters `at + 1 ..= at + JOB_PARAMS`.
+/// Binds one job's `JOB_COLUMNS` values at parameters `at + 1 ..= at + JOB_PARAMS`.
 fn bind_job(stmt: &mut rusqlite::Statement<'_>, at: usize, job: &Job) -> rusqlite::Result<()> {
     let lease = job.lease.as_ref();
     let values: [&dyn rusqlite::ToSql; JOB_PARAMS] = [
@@ -142,12 +137,9 @@ fn bind_job(stmt: &mut rusqlite::Statement<'_>, at: usize, job: &Job) -> rusqlit
     Ok(())
 }
 
-/// Inserts a new job's row.
+/// Inserts a new job's row (the one-row statement of `insert_jobs`).
 pub(crate) fn insert_job(conn: &rusqlite::Connection, job: &Job) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare_cached(INSERT_JOB)?;
-    bind_job(&mut stmt, 0, job)?;
-    stmt.raw_execute()?;
-    Ok(())
+    insert_jobs(conn, &[job])
 }
 
 /// Writes the mutable columns of an existing job's row.
