@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::rows::{event_from_row, insert_job};
+use super::rows::{EVENT_COLUMNS, event_from_row, insert_job};
 use crate::StoreError;
 
 /// The manifest format written next to each backup.
@@ -297,7 +297,7 @@ pub fn rewind(
     let mut folded: HashMap<Uuid, Option<Job>> = HashMap::new();
     {
         let mut stmt = tx
-            .prepare("SELECT seq, job_id, at, data FROM events ORDER BY seq")
+            .prepare(&format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY seq"))
             .map_err(sqlite)?;
         let mut rows = stmt.query([]).map_err(sqlite)?;
         let mut done = 0u64;

@@ -8,6 +8,7 @@
 mod access;
 pub mod backup;
 mod checkpoint;
+mod enqueued;
 mod held;
 mod index;
 mod park;
@@ -32,7 +33,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-use self::rows::{JOB_COLUMNS, SELECT_JOB, event_from_row, job_from_row, state_col};
+use self::rows::{EVENT_COLUMNS, JOB_COLUMNS, SELECT_JOB, event_from_row, job_from_row, state_col};
 use self::writer::{JobCommand, Request, Step, Writer, answer};
 use crate::types::{
     Actor, AuditEntry, Counts, Enqueued, JobFilter, JobPage, LeaseRequest, LeasedJob, Outcome,
@@ -369,9 +370,9 @@ impl Store for SqliteStore {
     async fn job_events(&self, id: Uuid) -> Result<Option<Vec<Event>>, StoreError> {
         let events = self
             .read(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT seq, job_id, at, data FROM events WHERE job_id = ?1 ORDER BY seq",
-                )?;
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE job_id = ?1 ORDER BY seq"
+                ))?;
                 stmt.query_map([id.into_bytes()], event_from_row)?
                     .collect::<rusqlite::Result<Vec<Event>>>()
             })
@@ -647,9 +648,9 @@ impl Store for SqliteStore {
 
     async fn export_events(&self, after_seq: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT seq, job_id, at, data FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            )?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))?;
             stmt.query_map(params![after_seq, limit as i64], event_from_row)?
                 .collect()
         })
