@@ -85,6 +85,8 @@ struct Stored<'a> {
     traceparent: Option<Cow<'a, str>>,
 }
 
+// serde hands `skip_serializing_if` a reference to the field, here a `Cow`.
+#[allow(clippy::ptr_arg)]
 fn no_tags(tags: &Cow<'_, [String]>) -> bool {
     tags.is_empty()
 }
