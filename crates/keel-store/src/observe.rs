@@ -90,6 +90,9 @@ struct Seen {
 #[derive(Default)]
 pub(crate) struct Tally {
     seen: Vec<Seen>,
+    /// The labels of the last job noted: the next job is nearly always of the same queue and
+    /// kind (a batch, a lease), and `labels` takes a process-wide lock and two hash lookups.
+    last: Option<(SharedString, SharedString)>,
 }
 
 fn since(from: Time, to: Time) -> Duration {
@@ -108,7 +111,6 @@ impl Tally {
         let Some(job) = after.or(before) else {
             return;
         };
-        let mut labels = None;
         for ev in events {
             let what = match ev {
                 EventData::Enqueued { .. } => What::Enqueued,
@@ -121,7 +123,10 @@ impl Tally {
                 EventData::Dead { .. } => What::Dead,
                 _ => continue,
             };
-            let (queue, kind) = labels.get_or_insert_with(|| self::labels(job)).clone();
+            let (queue, kind) = match &self.last {
+                Some((q, k)) if **q == *job.queue && **k == *job.kind => (q.clone(), k.clone()),
+                _ => self.last.insert(self::labels(job)).clone(),
+            };
             if let (What::Completed | What::Failed, Some(lease)) =
                 (what, before.and_then(|b| b.lease.as_ref()))
             {

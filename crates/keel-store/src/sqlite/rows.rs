@@ -1,7 +1,7 @@
 //! How a `Job` and an `Event` map to SQLite rows, shared by the writer and the readers so the
 //! two can never disagree on a column.
 
-use keel_core::{Event, EventData, Job, JobError, Json, Lease, State, Time};
+use keel_core::{Backoff, Event, EventData, Job, JobError, Json, Lease, State, Time};
 use rusqlite::types::Type;
 use rusqlite::{Row, params};
 use uuid::Uuid;
@@ -100,13 +100,26 @@ const JOB_PARAMS: usize = 23;
 /// Inserts new jobs' rows in multi-row statements: one statement-cache lookup and one
 /// statement per chunk instead of per job (an enqueue's rows are written when it is done).
 pub(crate) fn insert_jobs(conn: &rusqlite::Connection, jobs: &[&Job]) -> rusqlite::Result<()> {
+    // The jobs of a batch nearly always share their retry settings, whose text (floats) took
+    // 4% of the writer's instructions when written out per job.
+    let mut backoff: Option<(Backoff, String)> = None;
     insert_chunked(conn, jobs, &INSERT_JOBS, JOB_PARAMS, |stmt, at, job| {
-        bind_job(stmt, at, job)
+        let text = match &backoff {
+            Some((same, text)) if *same == job.backoff => text,
+            _ => &backoff.insert((job.backoff, to_json(&job.backoff)?)).1,
+        };
+        bind_job(stmt, at, job, text)
     })
 }
 
-/// Binds one job's `JOB_COLUMNS` values at parameters `at + 1 ..= at + JOB_PARAMS`.
-fn bind_job(stmt: &mut rusqlite::Statement<'_>, at: usize, job: &Job) -> rusqlite::Result<()> {
+/// Binds one job's `JOB_COLUMNS` values at parameters `at + 1 ..= at + JOB_PARAMS`;
+/// `backoff` is the text of `job.backoff`.
+fn bind_job(
+    stmt: &mut rusqlite::Statement<'_>,
+    at: usize,
+    job: &Job,
+    backoff: &str,
+) -> rusqlite::Result<()> {
     let lease = job.lease.as_ref();
     let values: [&dyn rusqlite::ToSql; JOB_PARAMS] = [
         &job.id.into_bytes(),
@@ -118,7 +131,7 @@ fn bind_job(stmt: &mut rusqlite::Statement<'_>, at: usize, job: &Job) -> rusqlit
         &job.attempt,
         &job.max_attempts,
         &job.timeout_ms,
-        &to_json(&job.backoff)?,
+        &backoff,
         &job.run_at.as_millis(),
         &job.created_at.as_millis(),
         &job.updated_at.as_millis(),
@@ -252,7 +265,7 @@ fn insert_chunked<T>(
     rows: &[T],
     sqls: &[String; 4],
     width: usize,
-    bind: impl Fn(&mut rusqlite::Statement<'_>, usize, &T) -> rusqlite::Result<()>,
+    mut bind: impl FnMut(&mut rusqlite::Statement<'_>, usize, &T) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<()> {
     let mut rest = rows;
     for (size, sql) in CHUNKS.iter().zip(sqls) {

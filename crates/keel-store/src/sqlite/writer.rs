@@ -689,6 +689,8 @@ impl Writer {
             Err(e) => return Ok(Err(e)),
         };
         let mut out: Vec<Enqueued> = Vec::with_capacity(jobs.len());
+        // A batch is nearly always one queue: its settings are looked up once per run of it.
+        let mut settings: Option<(String, QueueConfig)> = None;
         for (new, plan) in jobs.into_iter().zip(plans) {
             let original = match plan.original() {
                 Some(id) => self.load(id)?,
@@ -702,9 +704,15 @@ impl Writer {
                 }
                 Resolved::Create { fingerprint, .. } => fingerprint,
             };
-            let config = self.queue_config(&new.queue, now)?;
+            let config = match &settings {
+                Some((queue, config)) if *queue == new.queue => config,
+                _ => {
+                    let config = self.queue_config(&new.queue, now)?;
+                    &settings.insert((new.queue.clone(), config)).1
+                }
+            };
             let id = self.ids.next(now);
-            let job = self.record_created(new.into_job(id, &config, now), now)?;
+            let job = self.record_created(new.into_job(id, config, now), now)?;
             if let (Some(key), Some(fingerprint)) = (&job.idempotency_key, fingerprint) {
                 self.conn
                             .prepare_cached(
