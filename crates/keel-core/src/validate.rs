@@ -78,42 +78,38 @@ pub fn check_range(errors: &mut Vec<FieldError>, pointer: &str, value: i64, lo: 
     }
 }
 
-/// Tracks whether a byte of JSON text lies inside a string, so scanners can treat the bytes
-/// outside strings as structure. Linear, no allocation.
-#[derive(Default)]
-struct StringTracker {
-    in_string: bool,
-    escaped: bool,
-}
-
-impl StringTracker {
-    /// Feeds one byte; true when it is outside any string and is not a quote.
-    fn structural(&mut self, b: u8) -> bool {
-        if self.in_string {
-            match (self.escaped, b) {
-                (true, _) => self.escaped = false,
-                (false, b'\\') => self.escaped = true,
-                (false, b'"') => self.in_string = false,
-                _ => {}
+/// The bytes of JSON text outside its strings (quotes excluded), with their positions, so
+/// scanners can treat them as structure. A string's contents are skipped with `memchr` (to its
+/// closing quote, stepping over escapes), so long strings cost little: a batch of a thousand
+/// jobs is ~150 KB scanned on the request path. Linear, no allocation, safe on any input (an
+/// unterminated string ends the scan).
+fn structure(text: &[u8]) -> impl Iterator<Item = (usize, u8)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        loop {
+            let b = *text.get(i)?;
+            i += 1;
+            if b != b'"' {
+                return Some((i - 1, b));
             }
-            false
-        } else if b == b'"' {
-            self.in_string = true;
-            false
-        } else {
-            true
+            // A string: on to its closing quote, stepping over each escaped byte.
+            loop {
+                let at = i + memchr::memchr2(b'"', b'\\', text.get(i..)?)?;
+                i = at + 1;
+                if text.get(at) != Some(&b'\\') {
+                    break;
+                }
+                i += 1;
+            }
         }
-    }
+    })
 }
 
 /// The deepest nesting of arrays and objects in a JSON text (0 for a scalar). Strings are
 /// skipped, so brackets inside them do not count. Safe on any input.
 pub fn json_depth(text: &[u8]) -> usize {
-    let (mut strings, mut depth, mut deepest) = (StringTracker::default(), 0usize, 0usize);
-    for &b in text {
-        if !strings.structural(b) {
-            continue;
-        }
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for (_, b) in structure(text) {
         match b {
             b'[' | b'{' => {
                 depth += 1;
@@ -129,23 +125,26 @@ pub fn json_depth(text: &[u8]) -> usize {
 /// Removes insignificant whitespace from valid JSON text, keeping key order and string contents
 /// byte for byte. Borrows when there is nothing to remove (the common case).
 pub fn compact_json(text: &str) -> std::borrow::Cow<'_, str> {
-    let mut strings = StringTracker::default();
+    let bytes = text.as_bytes();
     let mut out: Option<Vec<u8>> = None;
-    for (i, &b) in text.as_bytes().iter().enumerate() {
-        if strings.structural(b) && matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-            out.get_or_insert_with(|| text.as_bytes()[..i].to_vec());
-            continue;
-        }
-        if let Some(o) = out.as_mut() {
-            o.push(b);
+    // `bytes[..kept]` is in `out` or was whitespace.
+    let mut kept = 0;
+    for (i, b) in structure(bytes) {
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            let o = out.get_or_insert_with(|| Vec::with_capacity(bytes.len()));
+            o.extend_from_slice(bytes.get(kept..i).unwrap_or_default());
+            kept = i + 1;
         }
     }
     match out {
         // Only ASCII whitespace between tokens was removed, so the bytes stay valid UTF-8.
-        Some(bytes) => std::borrow::Cow::Owned(
-            String::from_utf8(bytes)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-        ),
+        Some(mut bytes_out) => {
+            bytes_out.extend_from_slice(bytes.get(kept..).unwrap_or_default());
+            std::borrow::Cow::Owned(
+                String::from_utf8(bytes_out)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            )
+        }
         None => std::borrow::Cow::Borrowed(text),
     }
 }
@@ -180,6 +179,49 @@ mod tests {
             std::borrow::Cow::Borrowed(_)
         ));
         assert_eq!(compact_json("\n 7 \t"), "7");
+    }
+
+    /// The byte-at-a-time scan `structure` replaced, kept as its reference: a byte is
+    /// structure when it is outside every string and is not a quote.
+    fn reference_structure(text: &[u8]) -> Vec<(usize, u8)> {
+        let (mut in_string, mut escaped, mut out) = (false, false, Vec::new());
+        for (i, &b) in text.iter().enumerate() {
+            if in_string {
+                match (escaped, b) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => escaped = true,
+                    (false, b'"') => in_string = false,
+                    _ => {}
+                }
+            } else if b == b'"' {
+                in_string = true;
+            } else {
+                out.push((i, b));
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// Any text, valid JSON or not, built from the bytes that matter to the scan.
+        #[test]
+        fn structure_agrees_with_the_byte_at_a_time_scan(text in "[\\[\\]{}\"\\\\ a,:\n]{0,48}") {
+            let bytes = text.as_bytes();
+            proptest::prop_assert_eq!(structure(bytes).collect::<Vec<_>>(), reference_structure(bytes));
+            let spaces: Vec<usize> = reference_structure(bytes)
+                .into_iter()
+                .filter(|(_, b)| matches!(b, b' ' | b'\n'))
+                .map(|(i, _)| i)
+                .collect();
+            let kept: Vec<u8> = bytes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !spaces.contains(i))
+                .map(|(_, b)| *b)
+                .collect();
+            let compacted = compact_json(&text);
+            proptest::prop_assert_eq!(compacted.as_bytes(), &kept[..]);
+        }
     }
 
     #[test]
