@@ -494,6 +494,34 @@ pub struct LeaseView {
     pub expires_at: Time,
 }
 
+/// A JSON answer serialised into a buffer of `room` bytes made up front. axum's `Json` starts at
+/// 128 bytes and doubles, so a batch's answer (~600 KB) was copied a dozen times on its way out
+/// (8% of an HTTP thread's instructions under batch enqueue). `room` is a guess; the buffer
+/// still grows past it if it must.
+pub(crate) fn json_answer(
+    status: axum::http::StatusCode,
+    value: &impl Serialize,
+    room: usize,
+) -> Result<axum::response::Response, crate::problem::ApiError> {
+    use axum::response::IntoResponse;
+    let mut buf = Vec::with_capacity(room);
+    serde_json::to_writer(&mut buf, value)
+        .map_err(|e| crate::problem::ApiError::Internal(format!("serialising an answer: {e}")))?;
+    let json = axum::http::HeaderValue::from_static("application/json");
+    Ok((status, [(axum::http::header::CONTENT_TYPE, json)], buf).into_response())
+}
+
+/// A little more than the bytes of `job`'s JSON, for `json_answer`'s `room`.
+pub(crate) fn job_room(job: &Job) -> usize {
+    let texts = job.payload.get().len()
+        + job.result.as_ref().map_or(0, |r| r.get().len())
+        + job.tags.iter().map(|t| t.len() + 3).sum::<usize>()
+        + job.idempotency_key.as_ref().map_or(0, String::len)
+        + job.last_error.as_ref().map_or(0, |e| e.message.len() + 96);
+    // The fixed fields (keys, id, times, numbers, backoff) take ~420 bytes.
+    512 + texts
+}
+
 /// A job as a lease hands it out: the job and its lease.
 #[derive(Serialize, ToSchema)]
 pub struct LeasedJobView {

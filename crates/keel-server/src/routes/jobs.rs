@@ -13,7 +13,7 @@ use crate::AppState;
 use crate::auth::{Caller, Need};
 use crate::extract::{Body, job_id};
 use crate::problem::ApiError;
-use crate::wire::{BatchBody, EnqueueBody, check_idempotency_key};
+use crate::wire::{BatchBody, EnqueueBody, check_idempotency_key, job_room, json_answer};
 
 const DEFAULT_LIMIT: i64 = 50;
 
@@ -110,13 +110,14 @@ pub(crate) async fn enqueue(
     let Some(done) = out.pop() else {
         return Err(ApiError::Internal("enqueue returned no job".into()));
     };
+    let room = job_room(&done.job);
     let mut res = if done.replayed {
-        let mut res = (StatusCode::OK, Json(&done.job)).into_response();
+        let mut res = json_answer(StatusCode::OK, &done.job, room)?;
         res.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
         res
     } else {
-        (StatusCode::CREATED, Json(&done.job)).into_response()
+        json_answer(StatusCode::CREATED, &done.job, room)?
     };
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/jobs/{}", done.job.id)) {
         res.headers_mut().insert(header::LOCATION, location);
@@ -188,14 +189,12 @@ pub(crate) async fn enqueue_batch(
         jobs = jobs.len(),
         replayed = out.iter().filter(|e| e.replayed).count()
     );
-    Ok((
-        StatusCode::CREATED,
-        Json(JobsView {
-            jobs,
-            next_cursor: None,
-        }),
-    )
-        .into_response())
+    let room = 16 + jobs.iter().map(|j| job_room(j)).sum::<usize>();
+    let view = JobsView {
+        jobs,
+        next_cursor: None,
+    };
+    json_answer(StatusCode::CREATED, &view, room)
 }
 
 #[utoipa::path(
@@ -353,11 +352,12 @@ pub(crate) async fn list(
     filter.scope = caller.scope();
     let page = st.store.list_jobs(filter).await?;
     let jobs: Vec<_> = page.jobs.iter().collect();
-    Ok(Json(JobsView {
+    let room = 80 + jobs.iter().map(|j| job_room(j)).sum::<usize>();
+    let view = JobsView {
         jobs,
         next_cursor: Some(page.next.map(|id| id.to_string())),
-    })
-    .into_response())
+    };
+    json_answer(StatusCode::OK, &view, room)
 }
 
 #[utoipa::path(

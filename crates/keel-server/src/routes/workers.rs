@@ -16,7 +16,8 @@ use crate::limit::InFlight;
 use crate::problem::ApiError;
 use crate::wire::{
     AckBody, AckOutcome, CompleteBody, ErrorBody, FailBody, HeartbeatBody, LeaseBody,
-    LeasedJobView, MAX_DELAY_MS, MAX_LEASE_JOBS, MAX_LEASE_WAIT_MS, MAX_TIMEOUT_MS, optional_json,
+    LeasedJobView, MAX_DELAY_MS, MAX_LEASE_JOBS, MAX_LEASE_WAIT_MS, MAX_TIMEOUT_MS, job_room,
+    json_answer, optional_json,
 };
 
 const MAX_QUEUES_PER_LEASE: usize = 64;
@@ -109,7 +110,9 @@ pub(crate) async fn lease(
         }
     }
     let jobs: Vec<LeasedJobView> = leased.into_iter().map(Into::into).collect();
-    Ok(Json(LeaseResponse { jobs }).into_response())
+    // Each job also carries its lease: a token and an expiry, ~150 bytes.
+    let room = 16 + jobs.iter().map(|j| job_room(&j.job) + 160).sum::<usize>();
+    json_answer(axum::http::StatusCode::OK, &LeaseResponse { jobs }, room)
 }
 
 #[utoipa::path(
@@ -402,7 +405,12 @@ pub(crate) async fn ack(
             }
         })
         .collect();
-    Ok(Json(AckResponse { items }).into_response())
+    let room = 16
+        + items
+            .iter()
+            .map(|i| 96 + i.job.as_ref().map_or(256, job_room))
+            .sum::<usize>();
+    json_answer(axum::http::StatusCode::OK, &AckResponse { items }, room)
 }
 
 // Typed response shapes: serialising jobs straight to the body, not through a `Value` tree.
