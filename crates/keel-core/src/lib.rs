@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod breaker;
 pub mod event;
 pub mod job;
+mod job_json;
 pub mod lease;
 pub mod queue;
 pub mod schedule;
@@ -20,6 +21,7 @@ pub use access::{Role, Scope};
 pub use backoff::Backoff;
 pub use event::{DeadReason, Event, EventData, apply, project};
 pub use job::{Job, JobError, Json, Lease, NewJob, State, When};
+pub use job_json::{write_json_str, write_json_value};
 pub use queue::{
     BreakerConfig, QueueConfig, QueueOverrides, RateLimit, Retention, Target, TokenBucket,
 };

@@ -95,6 +95,26 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
+impl Time {
+    /// Appends the JSON string `Serialize` writes for this time.
+    pub fn write_json(self, out: &mut Vec<u8>) {
+        match self.rfc3339() {
+            Some(text) => {
+                out.push(b'"');
+                out.extend_from_slice(&text);
+                out.push(b'"');
+            }
+            None => {
+                let mark = out.len();
+                if serde_json::to_writer(&mut *out, &self).is_err() {
+                    out.truncate(mark);
+                    out.extend_from_slice(b"null");
+                }
+            }
+        }
+    }
+}
+
 impl fmt::Display for Time {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(text) = self.rfc3339() {

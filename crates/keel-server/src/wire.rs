@@ -494,21 +494,25 @@ pub struct LeaseView {
     pub expires_at: Time,
 }
 
-/// A JSON answer serialised into a buffer of `room` bytes made up front. axum's `Json` starts at
-/// 128 bytes and doubles, so a batch's answer (~600 KB) was copied a dozen times on its way out
-/// (8% of an HTTP thread's instructions under batch enqueue). `room` is a guess; the buffer
-/// still grows past it if it must.
-pub(crate) fn json_answer(
+/// An answer of JSON that `write` appends to a buffer of `room` bytes made up front. axum's
+/// `Json` starts at 128 bytes and doubles, so a batch's answer (~600 KB) was copied a dozen
+/// times on its way out. `room` is a guess; the buffer still grows past it if it must. The
+/// answers that carry jobs write them with `Job::write_json` (keel-core's `job_json.rs`).
+pub(crate) fn written_answer(
     status: axum::http::StatusCode,
-    value: &impl Serialize,
     room: usize,
-) -> Result<axum::response::Response, crate::problem::ApiError> {
+    write: impl FnOnce(&mut Vec<u8>),
+) -> axum::response::Response {
     use axum::response::IntoResponse;
     let mut buf = Vec::with_capacity(room);
-    serde_json::to_writer(&mut buf, value)
-        .map_err(|e| crate::problem::ApiError::Internal(format!("serialising an answer: {e}")))?;
+    write(&mut buf);
     let json = axum::http::HeaderValue::from_static("application/json");
-    Ok((status, [(axum::http::header::CONTENT_TYPE, json)], buf).into_response())
+    (status, [(axum::http::header::CONTENT_TYPE, json)], buf).into_response()
+}
+
+/// One job as the answer.
+pub(crate) fn job_answer(status: axum::http::StatusCode, job: &Job) -> axum::response::Response {
+    written_answer(status, job_room(job), |out| job.write_json(out))
 }
 
 /// A little more than the bytes of `job`'s JSON, for `json_answer`'s `room`.
@@ -528,6 +532,19 @@ pub struct LeasedJobView {
     #[serde(flatten)]
     pub job: Job,
     pub lease: LeaseView,
+}
+
+impl LeasedJobView {
+    /// Appends what `Serialize` writes for this view.
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        self.job.write_json_fields(out);
+        out.extend_from_slice(b",\"lease\":{\"token\":");
+        keel_core::write_json_str(out, &self.lease.token);
+        out.extend_from_slice(b",\"expires_at\":");
+        self.lease.expires_at.write_json(out);
+        out.extend_from_slice(b"}}");
+    }
 }
 
 impl From<LeasedJob> for LeasedJobView {

@@ -13,7 +13,9 @@ use crate::AppState;
 use crate::auth::{Caller, Need};
 use crate::extract::{Body, job_id};
 use crate::problem::ApiError;
-use crate::wire::{BatchBody, EnqueueBody, check_idempotency_key, job_room, json_answer};
+use crate::wire::{
+    BatchBody, EnqueueBody, check_idempotency_key, job_answer, job_room, written_answer,
+};
 
 const DEFAULT_LIMIT: i64 = 50;
 
@@ -27,6 +29,34 @@ pub(crate) struct JobsView<'a> {
     #[schema(value_type = Option<String>)]
     next_cursor: Option<Option<String>>,
 }
+
+impl JobsView<'_> {
+    /// Appends what `Serialize` writes for this view, each job by `Job::write_json`.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"jobs\":[");
+        for (i, job) in self.jobs.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            job.write_json(out);
+        }
+        out.push(b']');
+        if let Some(cursor) = &self.next_cursor {
+            out.extend_from_slice(b",\"next_cursor\":");
+            match cursor {
+                Some(c) => keel_core::write_json_str(out, c),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        out.push(b'}');
+    }
+
+    fn answer(&self, status: StatusCode) -> Response {
+        let room = 80 + self.jobs.iter().map(|j| job_room(j)).sum::<usize>();
+        written_answer(status, room, |out| self.write_json(out))
+    }
+}
+
 const MAX_LIMIT: i64 = 500;
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -110,14 +140,13 @@ pub(crate) async fn enqueue(
     let Some(done) = out.pop() else {
         return Err(ApiError::Internal("enqueue returned no job".into()));
     };
-    let room = job_room(&done.job);
     let mut res = if done.replayed {
-        let mut res = json_answer(StatusCode::OK, &done.job, room)?;
+        let mut res = job_answer(StatusCode::OK, &done.job);
         res.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
         res
     } else {
-        json_answer(StatusCode::CREATED, &done.job, room)?
+        job_answer(StatusCode::CREATED, &done.job)
     };
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/jobs/{}", done.job.id)) {
         res.headers_mut().insert(header::LOCATION, location);
@@ -189,12 +218,11 @@ pub(crate) async fn enqueue_batch(
         jobs = jobs.len(),
         replayed = out.iter().filter(|e| e.replayed).count()
     );
-    let room = 16 + jobs.iter().map(|j| job_room(j)).sum::<usize>();
     let view = JobsView {
         jobs,
         next_cursor: None,
     };
-    json_answer(StatusCode::CREATED, &view, room)
+    Ok(view.answer(StatusCode::CREATED))
 }
 
 #[utoipa::path(
@@ -352,12 +380,11 @@ pub(crate) async fn list(
     filter.scope = caller.scope();
     let page = st.store.list_jobs(filter).await?;
     let jobs: Vec<_> = page.jobs.iter().collect();
-    let room = 80 + jobs.iter().map(|j| job_room(j)).sum::<usize>();
     let view = JobsView {
         jobs,
         next_cursor: Some(page.next.map(|id| id.to_string())),
     };
-    json_answer(StatusCode::OK, &view, room)
+    Ok(view.answer(StatusCode::OK))
 }
 
 #[utoipa::path(
@@ -420,4 +447,30 @@ fn with_trace(mut new: NewJob, headers: &HeaderMap) -> NewJob {
         .and_then(|v| v.to_str().ok())
         .and_then(keel_core::validate::traceparent);
     new
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::workers::tests::odd_job;
+
+    #[test]
+    fn the_jobs_answer_is_what_serde_writes() {
+        let (a, mut b) = (odd_job(), odd_job());
+        b.traceparent = None;
+        for next_cursor in [None, Some(None), Some(Some("01a24cb5-\"x".to_owned()))] {
+            for jobs in [vec![], vec![&a, &b]] {
+                let view = JobsView {
+                    jobs,
+                    next_cursor: next_cursor.clone(),
+                };
+                let mut out = Vec::new();
+                view.write_json(&mut out);
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    serde_json::to_string(&view).unwrap()
+                );
+            }
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keel_core::FieldError;
 use keel_core::validate::check_range;
@@ -16,8 +17,8 @@ use crate::limit::InFlight;
 use crate::problem::ApiError;
 use crate::wire::{
     AckBody, AckOutcome, CompleteBody, ErrorBody, FailBody, HeartbeatBody, LeaseBody,
-    LeasedJobView, MAX_DELAY_MS, MAX_LEASE_JOBS, MAX_LEASE_WAIT_MS, MAX_TIMEOUT_MS, job_room,
-    json_answer, optional_json,
+    LeasedJobView, MAX_DELAY_MS, MAX_LEASE_JOBS, MAX_LEASE_WAIT_MS, MAX_TIMEOUT_MS, job_answer,
+    job_room, optional_json, written_answer,
 };
 
 const MAX_QUEUES_PER_LEASE: usize = 64;
@@ -110,9 +111,7 @@ pub(crate) async fn lease(
         }
     }
     let jobs: Vec<LeasedJobView> = leased.into_iter().map(Into::into).collect();
-    // Each job also carries its lease: a token and an expiry, ~150 bytes.
-    let room = 16 + jobs.iter().map(|j| job_room(&j.job) + 160).sum::<usize>();
-    json_answer(axum::http::StatusCode::OK, &LeaseResponse { jobs }, room)
+    Ok(LeaseResponse { jobs }.answer())
 }
 
 #[utoipa::path(
@@ -265,7 +264,7 @@ async fn single_outcome(
         .pop()
         .unwrap_or(Err(StoreError::Internal("no outcome recorded".into())))?;
     tracing::info!(message = "Outcome recorded.", job_id = %job.id, queue = %job.queue, kind = %job.kind, state = %job.state, attempt = job.attempt);
-    Ok(Json(job).into_response())
+    Ok(job_answer(StatusCode::OK, &job))
 }
 
 /// Validates a failure report; `at` is the pointer prefix of the object holding `error`.
@@ -405,12 +404,7 @@ pub(crate) async fn ack(
             }
         })
         .collect();
-    let room = 16
-        + items
-            .iter()
-            .map(|i| 96 + i.job.as_ref().map_or(256, job_room))
-            .sum::<usize>();
-    json_answer(axum::http::StatusCode::OK, &AckResponse { items }, room)
+    Ok(AckResponse { items }.answer())
 }
 
 // Typed response shapes: serialising jobs straight to the body, not through a `Value` tree.
@@ -436,4 +430,160 @@ struct AckItemResult {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct AckResponse {
     items: Vec<AckItemResult>,
+}
+
+// The answers written by hand, each exactly what its `Serialize` writes (tests below), with
+// the jobs by `Job::write_json`: a lease and an ack carry up to 100 whole jobs.
+
+impl LeaseResponse {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"jobs\":[");
+        for (i, job) in self.jobs.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            job.write_json(out);
+        }
+        out.extend_from_slice(b"]}");
+    }
+
+    fn answer(&self) -> Response {
+        // Each job also carries its lease: a token and an expiry.
+        let room = 16
+            + self
+                .jobs
+                .iter()
+                .map(|j| job_room(&j.job) + 160)
+                .sum::<usize>();
+        written_answer(StatusCode::OK, room, |out| self.write_json(out))
+    }
+}
+
+impl AckResponse {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"items\":[");
+        for (i, item) in self.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"id\":");
+            keel_core::write_json_value(out, &item.id);
+            out.extend_from_slice(b",\"status\":");
+            keel_core::write_json_value(out, &item.status);
+            out.extend_from_slice(b",\"job\":");
+            match &item.job {
+                Some(job) => job.write_json(out),
+                None => out.extend_from_slice(b"null"),
+            }
+            if let Some(error) = &item.error {
+                out.extend_from_slice(b",\"error\":");
+                keel_core::write_json_value(out, error);
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+    }
+
+    fn answer(&self) -> Response {
+        let room = 16
+            + self
+                .items
+                .iter()
+                .map(|i| 96 + i.job.as_ref().map_or(256, job_room))
+                .sum::<usize>();
+        written_answer(StatusCode::OK, room, |out| self.write_json(out))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use keel_core::{Job, Time};
+
+    use super::*;
+    use crate::wire::LeaseView;
+
+    /// A job with text that needs escaping in every field that can hold it.
+    pub(crate) fn odd_job() -> Job {
+        serde_json::from_str(
+            r#"{"id":"01a24cb5-666b-7000-bebc-0d64be80a003","queue":"q.1","kind":"k\"x\\y","payload":{"a": [1, "é"]},
+                "state":"running","priority":-1,"attempt":2,"max_attempts":20,"timeout_ms":30000,
+                "backoff":{"initial_ms":1000,"max_ms":3600000,"jitter":0.25},"run_at":"2026-12-06T18:54:46.379Z",
+                "created_at":"2026-12-06T18:54:46.379Z","updated_at":"2026-12-06T18:54:46.380Z","finished_at":null,
+                "idempotency_key":"é\n\u0001","tags":["a","b\"c"],
+                "last_error":{"message":"m\t","type":"t","attempt":1,"at":"2026-12-06T18:54:46.379Z"},
+                "result":[null],"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}"#,
+        )
+        .unwrap()
+    }
+
+    fn plain_job() -> Job {
+        let mut job = odd_job();
+        job.kind = "send".into();
+        job.idempotency_key = None;
+        job.tags.clear();
+        job.last_error = None;
+        job.result = None;
+        job.traceparent = None;
+        job
+    }
+
+    fn written(write: impl FnOnce(&mut Vec<u8>)) -> String {
+        let mut out = Vec::new();
+        write(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_lease_answer_is_what_serde_writes() {
+        for jobs in [vec![], vec![odd_job(), plain_job()]] {
+            let view = LeaseResponse {
+                jobs: jobs
+                    .into_iter()
+                    .map(|job| LeasedJobView {
+                        job,
+                        lease: LeaseView {
+                            token: "tok\"en".into(),
+                            expires_at: Time::from_millis(1_800_000_000_000),
+                        },
+                    })
+                    .collect(),
+            };
+            assert_eq!(
+                written(|out| view.write_json(out)),
+                serde_json::to_string(&view).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn the_ack_answer_is_what_serde_writes() {
+        let view = AckResponse {
+            items: vec![
+                AckItemResult {
+                    id: uuid::Uuid::from_u128(1),
+                    status: 200,
+                    job: Some(odd_job()),
+                    error: None,
+                },
+                AckItemResult {
+                    id: uuid::Uuid::from_u128(2),
+                    status: 409,
+                    job: None,
+                    error: Some(
+                        serde_json::json!({"type": "lease-mismatch", "detail": "a \"stale\" lease"}),
+                    ),
+                },
+                AckItemResult {
+                    id: uuid::Uuid::from_u128(3),
+                    status: 200,
+                    job: Some(plain_job()),
+                    error: None,
+                },
+            ],
+        };
+        assert_eq!(
+            written(|out| view.write_json(out)),
+            serde_json::to_string(&view).unwrap()
+        );
+    }
 }
