@@ -510,6 +510,22 @@ pub(crate) fn written_answer(
     (status, [(axum::http::header::CONTENT_TYPE, json)], buf).into_response()
 }
 
+/// Appends `items` as a JSON array, each written by `write`.
+pub(crate) fn write_json_array<T>(
+    out: &mut Vec<u8>,
+    items: &[T],
+    mut write: impl FnMut(&T, &mut Vec<u8>),
+) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(item, out);
+    }
+    out.push(b']');
+}
+
 /// One job as the answer.
 pub(crate) fn job_answer(status: axum::http::StatusCode, job: &Job) -> axum::response::Response {
     written_answer(status, job_room(job), |out| job.write_json(out))

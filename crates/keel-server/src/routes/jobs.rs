@@ -14,7 +14,8 @@ use crate::auth::{Caller, Need};
 use crate::extract::{Body, job_id};
 use crate::problem::ApiError;
 use crate::wire::{
-    BatchBody, EnqueueBody, check_idempotency_key, job_answer, job_room, written_answer,
+    BatchBody, EnqueueBody, check_idempotency_key, job_answer, job_room, write_json_array,
+    written_answer,
 };
 
 const DEFAULT_LIMIT: i64 = 50;
@@ -33,14 +34,8 @@ pub(crate) struct JobsView<'a> {
 impl JobsView<'_> {
     /// Appends what `Serialize` writes for this view, each job by `Job::write_json`.
     fn write_json(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"jobs\":[");
-        for (i, job) in self.jobs.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            job.write_json(out);
-        }
-        out.push(b']');
+        out.extend_from_slice(b"{\"jobs\":");
+        write_json_array(out, &self.jobs, |job, out| job.write_json(out));
         if let Some(cursor) = &self.next_cursor {
             out.extend_from_slice(b",\"next_cursor\":");
             match cursor {

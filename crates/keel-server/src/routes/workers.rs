@@ -18,7 +18,7 @@ use crate::problem::ApiError;
 use crate::wire::{
     AckBody, AckOutcome, CompleteBody, ErrorBody, FailBody, HeartbeatBody, LeaseBody,
     LeasedJobView, MAX_DELAY_MS, MAX_LEASE_JOBS, MAX_LEASE_WAIT_MS, MAX_TIMEOUT_MS, job_answer,
-    job_room, optional_json, written_answer,
+    job_room, optional_json, write_json_array, written_answer,
 };
 
 const MAX_QUEUES_PER_LEASE: usize = 64;
@@ -437,14 +437,9 @@ pub(crate) struct AckResponse {
 
 impl LeaseResponse {
     fn write_json(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"jobs\":[");
-        for (i, job) in self.jobs.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            job.write_json(out);
-        }
-        out.extend_from_slice(b"]}");
+        out.extend_from_slice(b"{\"jobs\":");
+        write_json_array(out, &self.jobs, LeasedJobView::write_json);
+        out.push(b'}');
     }
 
     fn answer(&self) -> Response {
@@ -461,11 +456,8 @@ impl LeaseResponse {
 
 impl AckResponse {
     fn write_json(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"items\":[");
-        for (i, item) in self.items.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
+        out.extend_from_slice(b"{\"items\":");
+        write_json_array(out, &self.items, |item, out| {
             out.extend_from_slice(b"{\"id\":");
             keel_core::write_json_value(out, &item.id);
             out.extend_from_slice(b",\"status\":");
@@ -480,8 +472,8 @@ impl AckResponse {
                 keel_core::write_json_value(out, error);
             }
             out.push(b'}');
-        }
-        out.extend_from_slice(b"]}");
+        });
+        out.push(b'}');
     }
 
     fn answer(&self) -> Response {
