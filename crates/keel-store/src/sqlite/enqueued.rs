@@ -12,7 +12,8 @@
 //! one exception every JSON form of a job shares: a `result` of JSON `null` reads back as no
 //! result (serde reads `null` as `None`; no parsed job can hold `Some(null)`). Text
 //! written before this form (the whole job) decodes as written, since each field present is
-//! taken as it is; so no migration rewrites old events.
+//! taken as it is; so no migration rewrites old events. Migration 5 marks the change of format
+//! (it changes no table), so a keel that does not know it refuses the store.
 //!
 //! The `USUAL_*` values are part of the stored format: events written with one value decode
 //! with it forever, so they must never change (even if the server's defaults do; then the new

@@ -97,7 +97,7 @@ impl SqliteStore {
         let path = config.db_path();
         let mut conn = Connection::open(&path).map_err(StoreError::sqlite)?;
         schema::configure(&conn).map_err(StoreError::sqlite)?;
-        schema::migrate(&mut conn, now.as_millis()).map_err(StoreError::sqlite)?;
+        schema::migrate(&mut conn, now.as_millis())?;
 
         let (signal_tx, signal) = watch::channel(0);
         let healthy = Arc::new(AtomicBool::new(true));

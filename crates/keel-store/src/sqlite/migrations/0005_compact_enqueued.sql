@@ -1,0 +1,4 @@
+-- No table changes. From this version on, the data of an `enqueued` event may leave out of its
+-- job what the event's own row gives back (sqlite/enqueued.rs); the decoder reads both that
+-- and the whole job written before. The version marks the change of format, so a keel that does
+-- not know it refuses the store instead of misreading its events.
