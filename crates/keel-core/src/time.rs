@@ -61,6 +61,24 @@ impl Time {
         if !(0..=MAX_MS).contains(&self.0) {
             return None;
         }
+        // The last time this thread wrote: the jobs of a batch share their three times, so an
+        // answer of a thousand jobs formats one time, not three thousand.
+        thread_local! {
+            static LAST: std::cell::Cell<(i64, [u8; 24])> =
+                const { std::cell::Cell::new((-1, [0; 24])) };
+        }
+        if let Some(text) = LAST.with(|last| {
+            let (ms, text) = last.get();
+            (ms == self.0).then_some(text)
+        }) {
+            return Some(text);
+        }
+        let text = self.format_rfc3339();
+        LAST.with(|last| last.set((self.0, text)));
+        Some(text)
+    }
+
+    fn format_rfc3339(self) -> [u8; 24] {
         let (days, ms_of_day) = (self.0 / 86_400_000, self.0 % 86_400_000);
         let (year, month, day) = civil_from_days(days);
         let mut out = *b"0000-00-00T00:00:00.000Z";
@@ -77,7 +95,7 @@ impl Time {
         put(14, 2, ms_of_day / 60_000 % 60);
         put(17, 2, ms_of_day / 1_000 % 60);
         put(20, 3, ms_of_day % 1_000);
-        Some(out)
+        out
     }
 }
 
@@ -173,6 +191,19 @@ mod tests {
             Time::from_millis(1_795_413_600_123).to_string(),
             "2026-11-23T06:00:00.123Z"
         );
+    }
+
+    /// The formatter remembers its last time per thread: a repeat gives the same text, and the
+    /// next time its own.
+    #[test]
+    fn a_repeated_time_reads_the_same_and_the_next_its_own() {
+        let (a, b) = (Time::from_millis(1_795_413_600_123), Time::from_millis(0));
+        for _ in 0..2 {
+            assert_eq!(a.to_string(), "2026-11-23T06:00:00.123Z");
+            assert_eq!(a.to_string(), "2026-11-23T06:00:00.123Z");
+            assert_eq!(b.to_string(), "1970-01-01T00:00:00.000Z");
+            assert_eq!(a.plus_ms(1).to_string(), "2026-11-23T06:00:00.124Z");
+        }
     }
 
     /// The hand-written formatter against jiff's, at the edges of its range and of the calendar
