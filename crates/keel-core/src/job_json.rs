@@ -8,8 +8,9 @@
 //!
 //! Invariant: `write_json(job)` is byte for byte `serde_json::to_vec(job)` (the derived
 //! `Serialize`, which stays the definition of the shape and of the OpenAPI schema); a
-//! property test holds the two together, so a field added to `Job` fails it until it is added
-//! here.
+//! property test holds the two together. A field added to `Job` must be added to the test's
+//! generator (its struct literal does not compile otherwise), and then fails the test until it
+//! is written here.
 
 use serde::Serialize;
 
