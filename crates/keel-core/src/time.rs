@@ -122,13 +122,7 @@ impl Time {
                 out.extend_from_slice(&text);
                 out.push(b'"');
             }
-            None => {
-                let mark = out.len();
-                if serde_json::to_writer(&mut *out, &self).is_err() {
-                    out.truncate(mark);
-                    out.extend_from_slice(b"null");
-                }
-            }
+            None => crate::job_json::write_json_value(out, &self),
         }
     }
 }

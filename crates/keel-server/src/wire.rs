@@ -531,7 +531,7 @@ pub(crate) fn job_answer(status: axum::http::StatusCode, job: &Job) -> axum::res
     written_answer(status, job_room(job), |out| job.write_json(out))
 }
 
-/// A little more than the bytes of `job`'s JSON, for `json_answer`'s `room`.
+/// A little more than the bytes of `job`'s JSON, for `written_answer`'s `room`.
 pub(crate) fn job_room(job: &Job) -> usize {
     let texts = job.payload.get().len()
         + job.result.as_ref().map_or(0, |r| r.get().len())
