@@ -18,6 +18,8 @@ use keel_core::{FieldError, Json};
 use keel_store::{Store, StoreError};
 use serde_json::Value;
 
+use crate::wire::At;
+
 /// At most this many violations are reported per payload; more are summarised in one item.
 const MAX_REPORTED: usize = 50;
 /// Violation messages can quote the payload; they are cut to this many characters.
@@ -66,7 +68,13 @@ impl Schemas {
 
     /// Checks `payload` against `kind`'s schema (if any); pushes one error per violation with a
     /// pointer under `at` (the job's pointer in the request body: `""` or `/jobs/3`).
-    pub(crate) fn check(&self, kind: &str, payload: &Json, at: &str, errors: &mut Vec<FieldError>) {
+    pub(crate) fn check(
+        &self,
+        kind: &str,
+        payload: &Json,
+        at: At<'_>,
+        errors: &mut Vec<FieldError>,
+    ) {
         let Some(validator) = self.get(kind) else {
             return;
         };

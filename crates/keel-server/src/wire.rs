@@ -95,15 +95,38 @@ pub struct EnqueueBody {
     pub tags: Option<Vec<String>>,
 }
 
+/// A body's JSON pointer prefix: `""`, `"/job"`, or `"/jobs/3"` in a batch. Written out only
+/// when a field is wrong: a batch's good jobs format no pointers (that formatting was ~8% of
+/// the HTTP threads' instructions per batched job).
+#[derive(Clone, Copy)]
+pub enum At<'a> {
+    Path(&'a str),
+    Item(&'a str, usize),
+}
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            At::Path(p) => f.write_str(p),
+            At::Item(p, i) => write!(f, "{p}/{i}"),
+        }
+    }
+}
+
 impl EnqueueBody {
-    /// Validates into a `NewJob`; `at` is this body's pointer prefix ("" or "/jobs/3").
+    /// Validates into a `NewJob`; `at` is this body's pointer prefix.
     pub fn validate(
         self,
-        at: &str,
+        at: At<'_>,
         limits: &Limits,
         errors: &mut Vec<FieldError>,
     ) -> Option<NewJob> {
         let before = errors.len();
+        let range = |errors: &mut Vec<FieldError>, field: &str, value: i64, lo: i64, hi: i64| {
+            if !(lo..=hi).contains(&value) {
+                check_range(errors, &format!("{at}/{field}"), value, lo, hi);
+            }
+        };
         let name = |field: &str, value: &str, errors: &mut Vec<FieldError>| {
             if let Err(m) = check_name(value) {
                 errors.push(FieldError::new(format!("{at}/{field}"), m));
@@ -122,7 +145,7 @@ impl EnqueueBody {
             ));
         }
         let priority = self.priority.unwrap_or(0);
-        check_range(errors, &format!("{at}/priority"), priority, -1000, 1000);
+        range(errors, "priority", priority, -1000, 1000);
         let when = match (&self.run_at, self.delay_ms) {
             (Some(_), Some(_)) => {
                 errors.push(FieldError::new(
@@ -139,16 +162,16 @@ impl EnqueueBody {
                 }
             },
             (None, Some(ms)) => {
-                check_range(errors, &format!("{at}/delay_ms"), ms, 0, MAX_DELAY_MS);
+                range(errors, "delay_ms", ms, 0, MAX_DELAY_MS);
                 When::Delay(ms)
             }
             (None, None) => When::Now,
         };
         if let Some(n) = self.max_attempts {
-            check_range(errors, &format!("{at}/max_attempts"), n, 1, 1000);
+            range(errors, "max_attempts", n, 1, 1000);
         }
         if let Some(ms) = self.timeout_ms {
-            check_range(errors, &format!("{at}/timeout_ms"), ms, 1, MAX_TIMEOUT_MS);
+            range(errors, "timeout_ms", ms, 1, MAX_TIMEOUT_MS);
         }
         let backoff = self
             .backoff

@@ -14,7 +14,7 @@ use crate::auth::{Caller, Need};
 use crate::extract::{Body, job_id};
 use crate::problem::ApiError;
 use crate::wire::{
-    BatchBody, EnqueueBody, check_idempotency_key, job_answer, job_room, write_json_array,
+    At, BatchBody, EnqueueBody, check_idempotency_key, job_answer, job_room, write_json_array,
     written_answer,
 };
 
@@ -106,13 +106,14 @@ pub(crate) async fn enqueue(
         }
     }
     let new = body
-        .validate("", &st.config.limits, &mut errors)
+        .validate(At::Path(""), &st.config.limits, &mut errors)
         .map(|new| with_trace(new, &headers));
     let Some(new) = new.filter(|_| errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
     caller.require_queue(Need::Enqueue, &new.queue)?;
-    st.schemas.check(&new.kind, &new.payload, "", &mut errors);
+    st.schemas
+        .check(&new.kind, &new.payload, At::Path(""), &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -190,7 +191,7 @@ pub(crate) async fn enqueue_batch(
         .jobs
         .into_iter()
         .enumerate()
-        .filter_map(|(i, j)| j.validate(&format!("/jobs/{i}"), &st.config.limits, &mut errors))
+        .filter_map(|(i, j)| j.validate(At::Item("/jobs", i), &st.config.limits, &mut errors))
         .map(|new| with_trace(new, &headers))
         .collect();
     if !errors.is_empty() {
@@ -201,7 +202,7 @@ pub(crate) async fn enqueue_batch(
     }
     for (i, job) in jobs.iter().enumerate() {
         st.schemas
-            .check(&job.kind, &job.payload, &format!("/jobs/{i}"), &mut errors);
+            .check(&job.kind, &job.payload, At::Item("/jobs", i), &mut errors);
     }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));

@@ -19,7 +19,7 @@ use crate::AppState;
 use crate::auth::{Caller, Need};
 use crate::extract::Body;
 use crate::problem::ApiError;
-use crate::wire::EnqueueBody;
+use crate::wire::{At, EnqueueBody};
 
 /// A schedule: `cron` (in `timezone`, default UTC) or `every_ms`, not both.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -99,8 +99,11 @@ impl ScheduleBody {
                 ));
             }
         }
-        let job = self.job.validate("/job", &st.config.limits, errors)?;
-        st.schemas.check(&job.kind, &job.payload, "/job", errors);
+        let job = self
+            .job
+            .validate(At::Path("/job"), &st.config.limits, errors)?;
+        st.schemas
+            .check(&job.kind, &job.payload, At::Path("/job"), errors);
         Some(ScheduleSpec {
             cadence: cadence?,
             catch_up,
