@@ -14,6 +14,7 @@
 
 use serde::Serialize;
 
+use crate::backoff::Backoff;
 use crate::job::Job;
 
 impl Job {
@@ -51,7 +52,7 @@ impl Job {
         out.extend_from_slice(b",\"timeout_ms\":");
         number(out, self.timeout_ms);
         out.extend_from_slice(b",\"backoff\":");
-        write_json_value(out, &self.backoff);
+        write_backoff(out, &self.backoff);
         out.extend_from_slice(b",\"run_at\":");
         self.run_at.write_json(out);
         out.extend_from_slice(b",\"created_at\":");
@@ -110,6 +111,26 @@ pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
 
 fn number(out: &mut Vec<u8>, n: impl Serialize) {
     write_json_value(out, &n);
+}
+
+/// Appends a backoff's JSON. The text of the last backoff written is remembered per thread: a
+/// batch's jobs nearly always share one, and formatting its float was ~13% of an HTTP thread's
+/// instructions under batch enqueue. The memo's key is every field, the float by its bits.
+fn write_backoff(out: &mut Vec<u8>, backoff: &Backoff) {
+    /// The last backoff's fields (the jitter by its bits) and its text.
+    type Memo = (Option<(i64, i64, u64)>, Vec<u8>);
+    thread_local! {
+        static LAST: std::cell::RefCell<Memo> = const { std::cell::RefCell::new((None, Vec::new())) };
+    }
+    let key = (backoff.initial_ms, backoff.max_ms, backoff.jitter.to_bits());
+    LAST.with_borrow_mut(|(last, text)| {
+        if *last != Some(key) {
+            text.clear();
+            write_json_value(text, backoff);
+            *last = Some(key);
+        }
+        out.extend_from_slice(text);
+    });
 }
 
 /// Appends `value` as `serde_json` writes it. Writing to a `Vec` cannot fail, and the values
@@ -184,6 +205,43 @@ mod tests {
                 traceparent,
                 lease: None,
             }
+        }
+    }
+
+    /// The backoff memo gives back a text only for the very backoff it was written for: each
+    /// step changes one field (the jitter's sign alone included) and must be written anew.
+    #[test]
+    fn a_backoff_is_remembered_only_for_itself() {
+        let base = Backoff {
+            initial_ms: 1_000,
+            max_ms: 60_000,
+            jitter: 0.0,
+        };
+        let steps = [
+            base,
+            base,
+            Backoff {
+                initial_ms: 2_000,
+                ..base
+            },
+            Backoff {
+                max_ms: 70_000,
+                ..base
+            },
+            Backoff {
+                jitter: -0.0,
+                ..base
+            },
+            Backoff {
+                jitter: 0.5,
+                ..base
+            },
+            base,
+        ];
+        for b in steps {
+            let mut out = Vec::new();
+            super::write_backoff(&mut out, &b);
+            assert_eq!(out, serde_json::to_vec(&b).unwrap(), "{b:?}");
         }
     }
 
