@@ -30,6 +30,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The operating system gave no randomness for a lease token.
+    pub(crate) fn no_token(e: impl std::fmt::Display) -> StoreError {
+        StoreError::Internal(format!("no randomness for a lease token: {e}"))
+    }
+
     pub(crate) fn sqlite(e: rusqlite::Error) -> StoreError {
         match e.sqlite_error_code() {
             Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full,

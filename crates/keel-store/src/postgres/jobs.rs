@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use deadpool_postgres::{Client, GenericClient};
-use keel_core::lease::token_hash;
+use keel_core::lease::{Tokens, token_hash};
 use keel_core::schedule::plan_firing;
 use keel_core::{
     Command, EventData, Job, NewJob, QueueConfig, QueueOverrides, ScheduleSpec, Scope, State, Time,
@@ -313,8 +313,9 @@ pub(super) async fn lease(
             )
             .await?;
         }
+        let mut tokens = Tokens::new(ready.len());
         for job in ready {
-            let token = Uuid::new_v4().simple().to_string();
+            let token = tokens.next_token().map_err(StoreError::no_token)?;
             let cmd = Command::Lease {
                 token_hash: token_hash(&token),
                 lease_ms: req.lease_ms.unwrap_or(job.timeout_ms),

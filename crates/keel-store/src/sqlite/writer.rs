@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
-use keel_core::lease::token_hash;
+use keel_core::lease::{Tokens, token_hash};
 use keel_core::{
     Command, Event, EventData, Job, NewJob, QueueConfig, QueueOverrides, Scope, State, Time,
     TokenBucket, step,
@@ -142,6 +142,8 @@ pub(crate) struct Writer {
     index: Index,
     /// Copies of jobs just written, so their next change need not read them back (`held.rs`).
     held: Held,
+    /// Lease tokens, their randomness drawn for many at a time.
+    tokens: Tokens,
     queues: HashMap<String, QueueState>,
     pub(super) schedules: ArmedSet,
     ids: Ids,
@@ -196,6 +198,7 @@ impl Writer {
             idempotency_ttl_ms,
             index: Index::default(),
             held: Held::default(),
+            tokens: Tokens::new(256),
             queues: HashMap::new(),
             schedules: ArmedSet::new(),
             ids: Ids::new(),
@@ -791,7 +794,10 @@ impl Writer {
                         "ready index names missing job {id}"
                     ))));
                 };
-                let token = Uuid::new_v4().simple().to_string();
+                let token = self
+                    .tokens
+                    .next_token()
+                    .map_err(|e| Fatal(StoreError::no_token(e)))?;
                 let cmd = Command::Lease {
                     token_hash: token_hash(&token),
                     lease_ms: req.lease_ms.unwrap_or(job.timeout_ms),
