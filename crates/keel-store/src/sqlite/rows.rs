@@ -225,9 +225,10 @@ pub(crate) fn event_from_row(row: &Row) -> rusqlite::Result<Event> {
 ///
 /// Each change's events are pushed here and inserted by `flush` with multi-row `INSERT`s (one
 /// statement per up to 64 events instead of one per event: each statement costs a VM start and,
-/// for the `AUTOINCREMENT` key, a read and a write of `sqlite_sequence`). The writer flushes after
-/// every request and before deleting events, inside the request's transaction, so an event is
-/// never missing from a commit that holds its job's row, and `seq` follows push order.
+/// for the `AUTOINCREMENT` key, a read and a write of `sqlite_sequence`). The writer flushes before
+/// its group commits (and earlier once `EVENTS_HELD` wait) and before deleting events, inside the
+/// group's transaction, so an event is never missing from a commit that holds its job's row, and
+/// `seq` follows push order.
 #[derive(Default)]
 pub(crate) struct EventBuffer {
     rows: Vec<(Uuid, Time, &'static str, String)>,
@@ -301,6 +302,11 @@ impl EventBuffer {
 
     /// Inserts every queued event, in order. The buffer is empty afterwards, also on error (the
     /// writer then rolls the transaction back).
+    /// Events waiting to be inserted.
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
     pub(crate) fn flush(&mut self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         let result = self.insert_all(conn);
         self.rows.clear();

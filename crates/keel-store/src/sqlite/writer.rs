@@ -94,6 +94,8 @@ pub(crate) enum JobCommand {
 
 /// Requests drained into one transaction at most; bounds one commit's latency.
 const MAX_GROUP: usize = 2_048;
+/// Events buffered before the writer inserts them ahead of its group's end.
+const EVENTS_HELD: usize = 4_096;
 /// Jobs promoted or expired in one tick at most, so a backlog cannot stall the writer.
 const TIMER_BATCH: usize = 5_000;
 /// Finished jobs deleted per queue and state in one retention pass.
@@ -161,7 +163,7 @@ pub(crate) struct Writer {
     healthy: Arc<AtomicBool>,
     /// The current group's job changes, reported once it commits (`observe.rs`).
     tally: Tally,
-    /// The current request's events, inserted when it is done (`flush_events`).
+    /// The current group's events, inserted before it commits (`flush_events`).
     events: EventBuffer,
     /// Asks the checkpoint thread to copy the WAL into the database file (`checkpoint.rs`).
     checkpoint: Nudge,
@@ -332,11 +334,12 @@ impl Writer {
                 close = true;
             }
             done.push(self.handle(req));
-            self.flush_events();
+            self.flush_events_if_many();
         }
         if self.wake && !self.parked.is_empty() {
             self.serve_parked(&mut done);
         }
+        self.flush_events();
         let committing = Instant::now();
         if self.fatal.is_none()
             && let Err(e) = self.conn.execute_batch("COMMIT")
@@ -516,19 +519,29 @@ impl Writer {
                 Ok(jobs) if jobs.is_empty() => unserved.push_back(p),
                 r => done.push(answer(p.reply, r)),
             }
-            self.flush_events();
+            self.flush_events_if_many();
         }
         self.parked.put_back(unserved);
     }
 
-    /// Inserts the events the last request buffered, before its answer is decided: a failure
+    /// Inserts the events the group's requests buffered, before the group commits: a failure
     /// fails the group, so no answer claims a change whose events were not written. After a
-    /// failure they are dropped with the rest of the transaction.
+    /// failure they are dropped with the rest of the transaction. Flushing once per group
+    /// rather than once per request puts the events of many small requests (single enqueues,
+    /// push outcomes) into one multi-row `INSERT` (docs/performance.md).
     fn flush_events(&mut self) {
         if self.fatal.is_some() {
             self.events.clear();
         } else if let Err(e) = self.events.flush(&self.conn) {
             self.fatal = Some(StoreError::sqlite(e));
+        }
+    }
+
+    /// Flushes early once many events wait, so a group of large requests (up to `MAX_GROUP`
+    /// batches of a thousand jobs) holds a bounded number in memory.
+    fn flush_events_if_many(&mut self) {
+        if self.events.len() >= EVENTS_HELD {
+            self.flush_events();
         }
     }
 
