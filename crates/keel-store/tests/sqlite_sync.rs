@@ -211,3 +211,61 @@ async fn a_parked_long_poll_hears_of_its_lease_only_after_the_fsync() {
     );
     store.close().await.unwrap();
 }
+
+/// A small enqueue's row waits in the writer until something needs it or its group ends
+/// (`Writer::flush_rows`). Here one group holds a new keyed job, a replay of its key and a lease
+/// of its queue: the replay and the lease must both find the row the first left waiting.
+#[tokio::test]
+async fn a_group_reads_the_rows_its_own_small_enqueues_left_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let store = open(dir.path(), &gate);
+    // Group A's fsync is held; group B commits behind it, and the writer then waits for the
+    // disk, so everything sent after B gathers into one group.
+    let a = held_enqueue(&gate, &store, job("other")).await;
+    let wal = dir.path().join("keel.db-wal");
+    let before = std::fs::read(&wal).unwrap();
+    let b = enqueue(&store, job("other"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read(&wal).unwrap() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "group B never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let pause = Duration::from_millis(30);
+    let created = enqueue(&store, keyed("k"));
+    tokio::time::sleep(pause).await;
+    let replay = enqueue(&store, keyed("k"));
+    tokio::time::sleep(pause).await;
+    let s = store.clone();
+    let lease = tokio::spawn(async move {
+        let req = keel_store::LeaseRequest {
+            queues: vec!["q".to_owned()],
+            max_jobs: 10,
+            lease_ms: None,
+            worker: None,
+        };
+        s.lease(req, T0).await
+    });
+    tokio::time::sleep(pause).await;
+    gate.set_closed(false);
+
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+    let created = created.await.unwrap().unwrap();
+    let replay = replay.await.unwrap().unwrap();
+    let leased = lease.await.unwrap().unwrap();
+    assert!(!created[0].replayed);
+    assert!(
+        replay[0].replayed,
+        "the replay did not find the waiting row"
+    );
+    assert_eq!(replay[0].job.id, created[0].job.id);
+    assert_eq!(leased.len(), 1, "the lease did not find the waiting row");
+    assert_eq!(leased[0].job.id, created[0].job.id);
+    let stored = store.get_job(created[0].job.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, keel_core::State::Running);
+    store.close().await.unwrap();
+}

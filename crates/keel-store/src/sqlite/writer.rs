@@ -94,6 +94,9 @@ pub(crate) enum JobCommand {
 
 /// Requests drained into one transaction at most; bounds one commit's latency.
 const MAX_GROUP: usize = 2_048;
+/// An enqueue of at least this many jobs inserts its rows at once; smaller ones wait in
+/// `Writer::new_rows` for more, up to this many.
+const ROWS_HELD: usize = 64;
 /// Events buffered before the writer inserts them ahead of its group's end.
 const EVENTS_HELD: usize = 4_096;
 /// Jobs promoted or expired in one tick at most, so a backlog cannot stall the writer.
@@ -163,6 +166,8 @@ pub(crate) struct Writer {
     healthy: Arc<AtomicBool>,
     /// The current group's job changes, reported once it commits (`observe.rs`).
     tally: Tally,
+    /// New rows of the group's small enqueues, inserted together (`flush_rows`).
+    new_rows: Vec<Job>,
     /// The current group's events, inserted before it commits (`flush_events`).
     events: EventBuffer,
     /// Asks the checkpoint thread to copy the WAL into the database file (`checkpoint.rs`).
@@ -213,6 +218,7 @@ impl Writer {
             signal,
             healthy,
             tally: Tally::default(),
+            new_rows: Vec::new(),
             events: EventBuffer::default(),
             checkpoint,
             syncer,
@@ -225,6 +231,7 @@ impl Writer {
     fn reload(&mut self) -> Result<(), Fatal> {
         self.queues.clear();
         self.held.clear();
+        self.new_rows.clear();
         let mut stmt = self
             .conn
             .prepare("SELECT name, paused, overrides FROM queues")?;
@@ -339,6 +346,7 @@ impl Writer {
         if self.wake && !self.parked.is_empty() {
             self.serve_parked(&mut done);
         }
+        self.flush_new_rows();
         self.flush_events();
         let committing = Instant::now();
         if self.fatal.is_none()
@@ -385,6 +393,10 @@ impl Writer {
     }
 
     fn handle(&mut self, req: Request) -> Done {
+        if !matches!(req, Request::Enqueue { .. }) {
+            // Anything but an enqueue may read or change job rows with SQL of its own.
+            self.flush_new_rows();
+        }
         match req {
             Request::Enqueue { jobs, now, reply } => {
                 self.saw(now);
@@ -537,6 +549,30 @@ impl Writer {
         }
     }
 
+    /// Inserts the new rows small enqueues left waiting, or drops them after a failure (the
+    /// group rolls back); a failed insert fails the group.
+    fn flush_new_rows(&mut self) {
+        if self.fatal.is_some() {
+            self.new_rows.clear();
+        } else if let Err(Fatal(e)) = self.flush_rows() {
+            self.fatal = Some(e);
+        }
+    }
+
+    /// Inserts the rows waiting in `new_rows`. Invariant: a new job's row is in the table
+    /// before anything in the writer reads or changes a job row (`load`, `save`, any request
+    /// but an enqueue: all call this first) and before its group commits, so no read misses
+    /// it and no answer leaves without it. Waiting lets a group of single enqueues insert
+    /// their rows in multi-row statements, as a batch does.
+    fn flush_rows(&mut self) -> Result<(), Fatal> {
+        if !self.new_rows.is_empty() {
+            let rows: Vec<&Job> = self.new_rows.iter().collect();
+            insert_jobs(&self.conn, &rows)?;
+            self.new_rows.clear();
+        }
+        Ok(())
+    }
+
     /// Flushes early once many events wait, so a group of large requests (up to `MAX_GROUP`
     /// batches of a thousand jobs) holds a bounded number in memory.
     fn flush_events_if_many(&mut self) {
@@ -575,7 +611,8 @@ impl Writer {
         .min()
     }
 
-    fn load(&self, id: Uuid) -> Result<Option<Job>, Fatal> {
+    fn load(&mut self, id: Uuid) -> Result<Option<Job>, Fatal> {
+        self.flush_rows()?;
         let mut stmt = self.conn.prepare_cached(&SELECT_JOB)?;
         Ok(stmt.query_row([id.into_bytes()], job_from_row).optional()?)
     }
@@ -600,6 +637,7 @@ impl Writer {
         let Some(id) = before.or(after).map(|j| j.id) else {
             return Ok(());
         };
+        self.flush_rows()?;
         match (before, after) {
             (None, Some(a)) => insert_job(&self.conn, a)?,
             (Some(_), Some(a)) => update_job(&self.conn, a)?,
@@ -618,7 +656,7 @@ impl Writer {
     }
 
     /// Everything `save` does but the row: events, counts, the index. Only `enqueue` calls it
-    /// alone, and writes its new rows itself, together, before its request is done.
+    /// alone, and writes its new rows itself, together (`flush_rows` says when).
     fn record(
         &mut self,
         id: Uuid,
@@ -743,9 +781,17 @@ impl Writer {
             });
         }
         // The new rows, in one statement per chunk. Nothing above read them back: a replay of a
-        // key created in this request is resolved from `out`, and `load` reads earlier requests'.
+        // key created in this request is resolved from `out`, and `load` reads earlier requests'
+        // (inserting any still waiting first). A small enqueue's rows wait for others'.
         let created: Vec<&Job> = out.iter().filter(|e| !e.replayed).map(|e| &e.job).collect();
-        insert_jobs(&self.conn, &created)?;
+        if created.len() >= ROWS_HELD {
+            insert_jobs(&self.conn, &created)?;
+        } else {
+            self.new_rows.extend(created.into_iter().cloned());
+            if self.new_rows.len() >= ROWS_HELD {
+                self.flush_rows()?;
+            }
+        }
         Ok(Ok(out))
     }
 
