@@ -11,6 +11,9 @@
 //!   memory (`Writer::reload`). Readers never see copies: they read committed rows.
 //! - Only running jobs are kept: their next change (ack, heartbeat, expiry) is close, and a job
 //!   waiting hours for a retry would otherwise hold room that work in flight could use.
+//! - A copy's rowid is its row's: rows keep their rowid for life (an `UPDATE` keeps it, nothing
+//!   renumbers them: no `VACUUM` runs on a live store), and `update_job` checks the id on the row
+//!   it finds, so a wrong one would fail the group instead of changing another job.
 //! - Copies are bounded by an estimate of their size (`MAX_BYTES`); when full, a job is simply
 //!   not kept, and its next change reads its row as before.
 
@@ -23,7 +26,8 @@ use uuid::Uuid;
 const MAX_BYTES: usize = 32 << 20;
 
 pub(super) struct Held {
-    jobs: HashMap<Uuid, (Job, usize)>,
+    /// Each copy with its row's rowid and its cost.
+    jobs: HashMap<Uuid, (Job, i64, usize)>,
     bytes: usize,
     limit: usize,
 }
@@ -43,16 +47,16 @@ impl Held {
         }
     }
 
-    /// Removes and returns the copy of `id`, if there is one.
-    pub(super) fn take(&mut self, id: Uuid) -> Option<Job> {
-        let (job, cost) = self.jobs.remove(&id)?;
+    /// Removes and returns the copy of `id` with its row's rowid, if there is one.
+    pub(super) fn take(&mut self, id: Uuid) -> Option<(Job, i64)> {
+        let (job, rowid, cost) = self.jobs.remove(&id)?;
         self.bytes -= cost;
-        Some(job)
+        Some((job, rowid))
     }
 
     /// Records `job` as just written, replacing any older copy; keeps nothing for a job that is
     /// not running, or when full.
-    pub(super) fn put(&mut self, job: &Job) {
+    pub(super) fn put(&mut self, job: &Job, rowid: i64) {
         self.take(job.id);
         if job.state != State::Running {
             return;
@@ -62,7 +66,7 @@ impl Held {
             return;
         }
         self.bytes += cost;
-        self.jobs.insert(job.id, (job.clone(), cost));
+        self.jobs.insert(job.id, (job.clone(), rowid, cost));
     }
 
     /// Forgets the copy of `id` (its row was deleted).
@@ -107,10 +111,13 @@ mod tests {
     fn a_copy_is_taken_once_and_replaced_by_the_latest_write() {
         let mut held = Held::default();
         let mut j = job(1, 10);
-        held.put(&j);
+        held.put(&j, 7);
         j.attempt = 3;
-        held.put(&j);
-        assert_eq!(held.take(j.id).map(|j| j.attempt), Some(3));
+        held.put(&j, 8);
+        assert_eq!(
+            held.take(j.id).map(|(j, rowid)| (j.attempt, rowid)),
+            Some((3, 8))
+        );
         assert!(held.take(j.id).is_none(), "a copy is handed out once");
         assert_eq!(held.bytes, 0);
     }
@@ -120,9 +127,9 @@ mod tests {
         for state in [State::Completed, State::Scheduled, State::Available] {
             let mut held = Held::default();
             let mut j = job(1, 10);
-            held.put(&j);
+            held.put(&j, 1);
             j.state = state;
-            held.put(&j);
+            held.put(&j, 1);
             assert!(
                 held.take(j.id).is_none(),
                 "the running copy must not outlive the lease ({state:?})"
@@ -136,12 +143,12 @@ mod tests {
         let one = cost(&job(0, 1_000));
         let mut held = Held::with_limit(one * 3);
         for n in 1..=5 {
-            held.put(&job(n, 1_000));
+            held.put(&job(n, 1_000), n as i64);
         }
         assert_eq!(held.jobs.len(), 3, "only what fits is kept");
         assert!(held.bytes <= one * 3);
         held.forget(Uuid::from_u128(1));
-        held.put(&job(4, 1_000));
+        held.put(&job(4, 1_000), 4);
         assert!(
             held.take(Uuid::from_u128(4)).is_some(),
             "room made is used again"

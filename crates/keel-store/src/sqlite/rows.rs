@@ -16,10 +16,19 @@ pub(crate) const JOB_COLUMNS: &str = "id, queue, kind, payload, state, priority,
 pub(crate) static SELECT_JOB: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"));
 
-/// Only the columns that can change after enqueue, so unchanged indexes are not rewritten.
+/// One job by id with its rowid after `JOB_COLUMNS` (the writer's read: it updates by rowid).
+pub(crate) static LOAD_JOB: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("SELECT {JOB_COLUMNS}, rowid FROM jobs WHERE id = ?1"));
+
+/// The column of `LOAD_JOB` that holds the rowid.
+pub(crate) const LOAD_JOB_ROWID: usize = 23;
+
+/// Only the columns that can change after enqueue, so unchanged indexes are not rewritten. The
+/// row is found by its rowid (a search of the table's integer keys), not by searching the id
+/// index; `id = ?1` is checked on the row found, so a wrong rowid changes nothing.
 pub(crate) const UPDATE_JOB: &str = "UPDATE jobs SET state = ?2, attempt = ?3, run_at = ?4, updated_at = ?5, \
     finished_at = ?6, last_error = ?7, result = ?8, lease_token_hash = ?9, lease_expires_at = ?10, \
-    lease_worker = ?11, lease_leased_at = ?12 WHERE id = ?1";
+    lease_worker = ?11, lease_leased_at = ?12 WHERE rowid = ?13 AND id = ?1";
 
 fn conversion(col: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(col, Type::Text, Box::new(e))
@@ -178,11 +187,16 @@ pub(crate) fn insert_job(conn: &rusqlite::Connection, job: &Job) -> rusqlite::Re
     insert_jobs(conn, &[job])
 }
 
-/// Writes the mutable columns of an existing job's row.
-pub(crate) fn update_job(conn: &rusqlite::Connection, job: &Job) -> rusqlite::Result<()> {
+/// Writes the mutable columns of an existing job's row, `rowid` (from `LOAD_JOB`, or kept with
+/// the writer's copy). A rowid that is not this job's row is an error, and changes nothing.
+pub(crate) fn update_job(
+    conn: &rusqlite::Connection,
+    job: &Job,
+    rowid: i64,
+) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(UPDATE_JOB)?;
     let lease = job.lease.as_ref();
-    stmt.execute(params![
+    let changed = stmt.execute(params![
         job.id.into_bytes(),
         job.state.as_str(),
         job.attempt,
@@ -195,8 +209,12 @@ pub(crate) fn update_job(conn: &rusqlite::Connection, job: &Job) -> rusqlite::Re
         lease.map(|l| l.expires_at.as_millis()),
         lease.and_then(|l| l.worker.as_ref()),
         lease.map(|l| l.leased_at.as_millis()),
+        rowid,
     ])?;
-    Ok(())
+    match changed {
+        1 => Ok(()),
+        n => Err(rusqlite::Error::StatementChangedRows(n)),
+    }
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> rusqlite::Result<String> {

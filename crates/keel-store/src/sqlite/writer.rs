@@ -28,7 +28,8 @@ use super::held::Held;
 use super::index::{Entry, Index};
 use super::park::{Parked, ParkedSet};
 use super::rows::{
-    EventBuffer, SELECT_JOB, insert_job, insert_jobs, job_from_row, update_job, uuid_col,
+    EventBuffer, LOAD_JOB, LOAD_JOB_ROWID, insert_job, insert_jobs, job_from_row, update_job,
+    uuid_col,
 };
 use super::schedules::{self, ArmedSet, load_armed};
 use super::sync::{Group, Syncer};
@@ -611,15 +612,20 @@ impl Writer {
         .min()
     }
 
-    fn load(&mut self, id: Uuid) -> Result<Option<Job>, Fatal> {
+    /// A job's row, with its rowid.
+    fn load(&mut self, id: Uuid) -> Result<Option<(Job, i64)>, Fatal> {
         self.flush_rows()?;
-        let mut stmt = self.conn.prepare_cached(&SELECT_JOB)?;
-        Ok(stmt.query_row([id.into_bytes()], job_from_row).optional()?)
+        let mut stmt = self.conn.prepare_cached(&LOAD_JOB)?;
+        let row = stmt.query_row([id.into_bytes()], |r| {
+            Ok((job_from_row(r)?, r.get(LOAD_JOB_ROWID)?))
+        });
+        Ok(row.optional()?)
     }
 
-    /// A job about to be changed: the copy kept when it was last written, or its row. The copy
-    /// is taken out, so a change that is refused leaves none behind (`held.rs`).
-    fn take(&mut self, id: Uuid) -> Result<Option<Job>, Fatal> {
+    /// A job about to be changed, with its rowid: the copy kept when it was last written, or
+    /// its row. The copy is taken out, so a change that is refused leaves none behind
+    /// (`held.rs`).
+    fn take(&mut self, id: Uuid) -> Result<Option<(Job, i64)>, Fatal> {
         match self.held.take(id) {
             Some(job) => Ok(Some(job)),
             None => self.load(id),
@@ -627,32 +633,40 @@ impl Writer {
     }
 
     /// Persists one job change: its events, its row, the writer's copy and the index, together.
+    /// `before` comes with its row's rowid (`take`).
     fn save(
         &mut self,
-        before: Option<&Job>,
+        before: Option<(&Job, i64)>,
         after: Option<&Job>,
         events: &[EventData],
         now: Time,
     ) -> Result<(), Fatal> {
-        let Some(id) = before.or(after).map(|j| j.id) else {
+        let Some(id) = before.map(|(j, _)| j).or(after).map(|j| j.id) else {
             return Ok(());
         };
         self.flush_rows()?;
-        match (before, after) {
-            (None, Some(a)) => insert_job(&self.conn, a)?,
-            (Some(_), Some(a)) => update_job(&self.conn, a)?,
+        let rowid = match (before, after) {
+            (None, Some(a)) => {
+                insert_job(&self.conn, a)?;
+                Some(self.conn.last_insert_rowid())
+            }
+            (Some((_, rowid)), Some(a)) => {
+                update_job(&self.conn, a, rowid)?;
+                Some(rowid)
+            }
             (Some(_), None) => {
                 self.conn
                     .prepare_cached("DELETE FROM jobs WHERE id = ?1")?
                     .execute([id.into_bytes()])?;
+                None
             }
-            (None, None) => {}
+            (None, None) => None,
+        };
+        match (after, rowid) {
+            (Some(a), Some(rowid)) => self.held.put(a, rowid),
+            _ => self.held.forget(id),
         }
-        match after {
-            Some(a) => self.held.put(a),
-            None => self.held.forget(id),
-        }
-        self.record(id, before, after, events, now)
+        self.record(id, before.map(|(j, _)| j), after, events, now)
     }
 
     /// Everything `save` does but the row: events, counts, the index. Only `enqueue` calls it
@@ -698,13 +712,13 @@ impl Writer {
     /// Applies `cmd` to a job whose queue `scope` allows; a job outside it is `NotFound`, exactly
     /// as if it did not exist, so a scoped token learns nothing about other queues.
     fn apply_in(&mut self, id: Uuid, cmd: &Command, scope: &Scope, now: Time) -> Step<Option<Job>> {
-        let Some(job) = self.take(id)?.filter(|j| scope.allows(&j.queue)) else {
+        let Some((job, rowid)) = self.take(id)?.filter(|(j, _)| scope.allows(&j.queue)) else {
             return Ok(Err(StoreError::NotFound));
         };
         match step(&job, cmd, now) {
             Err(e) => Ok(Err(e.into())),
             Ok((next, events)) => {
-                self.save(Some(&job), next.as_ref(), &events, now)?;
+                self.save(Some((&job, rowid)), next.as_ref(), &events, now)?;
                 Ok(Ok(next))
             }
         }
@@ -747,7 +761,7 @@ impl Writer {
         let mut settings: Option<(String, QueueConfig)> = None;
         for (new, plan) in jobs.into_iter().zip(plans) {
             let original = match plan.original() {
-                Some(id) => self.load(id)?,
+                Some(id) => self.load(id)?.map(|(job, _)| job),
                 None => None,
             };
             // A stale key row is replaced below (INSERT OR REPLACE).
@@ -848,7 +862,7 @@ impl Writer {
                     self.rate_wake = Some(self.rate_wake.map_or(at, |w| w.min(at)));
                     break;
                 }
-                let Some(job) = self.take(id)? else {
+                let Some((job, rowid)) = self.take(id)? else {
                     return Err(Fatal(StoreError::Internal(format!(
                         "ready index names missing job {id}"
                     ))));
@@ -867,7 +881,7 @@ impl Writer {
                         "ready index out of step for {id}: {e}"
                     )))
                 })?;
-                self.save(Some(&job), next.as_ref(), &events, now)?;
+                self.save(Some((&job, rowid)), next.as_ref(), &events, now)?;
                 if let Some(job) = next {
                     out.push(LeasedJob { job, token });
                 }
