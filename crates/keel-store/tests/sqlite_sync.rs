@@ -75,6 +75,27 @@ async fn held_enqueue(gate: &Gate, store: &Arc<SqliteStore>, new: keel_core::New
     answer
 }
 
+/// Enqueues `new` and waits until the writer has committed it (the WAL changed), with the sync
+/// of an earlier group held at the gate.
+async fn committed_enqueue(
+    dir: &std::path::Path,
+    store: &Arc<SqliteStore>,
+    new: keel_core::NewJob,
+) -> Answer {
+    let wal = dir.join("keel.db-wal");
+    let before = std::fs::read(&wal).unwrap();
+    let answer = enqueue(store, new);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read(&wal).unwrap() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer did not commit while a sync was held"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    answer
+}
+
 fn keyed(key: &str) -> keel_core::NewJob {
     let mut j = job("q");
     j.idempotency_key = Some(key.to_owned());
@@ -117,17 +138,7 @@ async fn the_writer_commits_the_next_group_while_a_sync_runs() {
     let first = held_enqueue(&gate, &store, job("q")).await;
     // With the first group's fsync held, the writer is free: a second group commits, and its
     // answer waits for a sync of its own, after the first.
-    let wal = dir.path().join("keel.db-wal");
-    let before = std::fs::read(&wal).unwrap();
-    let second = enqueue(&store, job("q"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while std::fs::read(&wal).unwrap() == before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writer did not commit while a sync was held"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let second = committed_enqueue(dir.path(), &store, job("q")).await;
     assert!(!second.is_finished());
     gate.set_closed(false);
     first.await.unwrap().unwrap();
@@ -223,17 +234,7 @@ async fn a_group_reads_the_rows_its_own_small_enqueues_left_waiting() {
     // Group A's fsync is held; group B commits behind it, and the writer then waits for the
     // disk, so everything sent after B gathers into one group.
     let a = held_enqueue(&gate, &store, job("other")).await;
-    let wal = dir.path().join("keel.db-wal");
-    let before = std::fs::read(&wal).unwrap();
-    let b = enqueue(&store, job("other"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while std::fs::read(&wal).unwrap() == before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "group B never committed"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let b = committed_enqueue(dir.path(), &store, job("other")).await;
     let pause = Duration::from_millis(30);
     let created = enqueue(&store, keyed("k"));
     tokio::time::sleep(pause).await;
