@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 /// New lease tokens: 128 bits from the operating system's random source, written as 32 hex
 /// digits (the simple form of a v4 UUID, as tokens always were). The bits are drawn for many
 /// tokens at once: a drain leases thousands of jobs a second, and one `getrandom` system call
-/// per token was ~3% of the SQLite writer's time (docs/performance.md). Each drawn byte goes into
+/// per token was ~2.5% of the SQLite writer's time (docs/performance.md). Each drawn byte goes into
 /// one token only, and is cleared from the buffer when it is used.
 pub struct Tokens {
     buf: Vec<u8>,
