@@ -40,14 +40,14 @@ impl BackoffBody {
     fn validate(&self, at: &str, errors: &mut Vec<FieldError>) -> Backoff {
         check_range(
             errors,
-            &format!("{at}/initial_ms"),
+            format_args!("{at}/initial_ms"),
             self.initial_ms,
             1,
             MAX_DELAY_MS,
         );
         check_range(
             errors,
-            &format!("{at}/max_ms"),
+            format_args!("{at}/max_ms"),
             self.max_ms,
             self.initial_ms.max(1),
             MAX_DELAY_MS,
@@ -122,11 +122,6 @@ impl EnqueueBody {
         errors: &mut Vec<FieldError>,
     ) -> Option<NewJob> {
         let before = errors.len();
-        let range = |errors: &mut Vec<FieldError>, field: &str, value: i64, lo: i64, hi: i64| {
-            if !(lo..=hi).contains(&value) {
-                check_range(errors, &format!("{at}/{field}"), value, lo, hi);
-            }
-        };
         let name = |field: &str, value: &str, errors: &mut Vec<FieldError>| {
             if let Err(m) = check_name(value) {
                 errors.push(FieldError::new(format!("{at}/{field}"), m));
@@ -145,7 +140,7 @@ impl EnqueueBody {
             ));
         }
         let priority = self.priority.unwrap_or(0);
-        range(errors, "priority", priority, -1000, 1000);
+        check_range(errors, format_args!("{at}/priority"), priority, -1000, 1000);
         let when = match (&self.run_at, self.delay_ms) {
             (Some(_), Some(_)) => {
                 errors.push(FieldError::new(
@@ -162,16 +157,22 @@ impl EnqueueBody {
                 }
             },
             (None, Some(ms)) => {
-                range(errors, "delay_ms", ms, 0, MAX_DELAY_MS);
+                check_range(errors, format_args!("{at}/delay_ms"), ms, 0, MAX_DELAY_MS);
                 When::Delay(ms)
             }
             (None, None) => When::Now,
         };
         if let Some(n) = self.max_attempts {
-            range(errors, "max_attempts", n, 1, 1000);
+            check_range(errors, format_args!("{at}/max_attempts"), n, 1, 1000);
         }
         if let Some(ms) = self.timeout_ms {
-            range(errors, "timeout_ms", ms, 1, MAX_TIMEOUT_MS);
+            check_range(
+                errors,
+                format_args!("{at}/timeout_ms"),
+                ms,
+                1,
+                MAX_TIMEOUT_MS,
+            );
         }
         let backoff = self
             .backoff

@@ -287,7 +287,13 @@ fn failure(
         ));
     }
     if let Some(ms) = retry_in_ms {
-        check_range(errors, &format!("{at}/retry_in_ms"), ms, 0, MAX_DELAY_MS);
+        check_range(
+            errors,
+            format_args!("{at}/retry_in_ms"),
+            ms,
+            0,
+            MAX_DELAY_MS,
+        );
     }
     OutcomeKind::Failed {
         message: error.message,

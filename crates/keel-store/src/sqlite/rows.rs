@@ -339,13 +339,13 @@ impl EventBuffer {
         Ok(())
     }
 
-    /// Inserts every queued event, in order. The buffer is empty afterwards, also on error (the
-    /// writer then rolls the transaction back).
     /// Events waiting to be inserted.
     pub(crate) fn len(&self) -> usize {
         self.rows.len()
     }
 
+    /// Inserts every queued event, in order. The buffer is empty afterwards, also on error (the
+    /// writer then rolls the transaction back).
     pub(crate) fn flush(&mut self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         let result = self.insert_all(conn);
         self.rows.clear();
