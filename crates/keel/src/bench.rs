@@ -5,7 +5,8 @@
 //!
 //! Scenarios: `baseline` (GET /healthz), `enqueue` (one job per request), `batch` (POST
 //! /v1/jobs/batch), `drain` (pull workers: lease N, ack N in one request), `latency` (enqueue at a
-//! fixed rate; a long-polling worker measures enqueue → receive), `push` (keel delivers to a fast
+//! fixed rate; a long-polling worker measures enqueue → receive), `fsync` (the disk's own durable
+//! write, the baseline of `latency`: see [`fsync`]), `push` (keel delivers to a fast
 //! local target that answers 204: the queue is filled while paused, then resumed, and the time
 //! until every job is completed is measured; throughput only, no per-request latency), `scale`
 //! (with `--spawn` only: `--scale-jobs` jobs queued through batches, then the server's resident
@@ -35,6 +36,7 @@ pub enum Scenario {
     Enqueue,
     Batch,
     Drain,
+    Fsync,
     Latency,
     Push,
     Scale,
@@ -52,7 +54,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "baseline,enqueue,batch,drain,latency,push"
+        default_value = "baseline,enqueue,batch,drain,fsync,latency,push"
     )]
     scenarios: Vec<Scenario>,
     /// Jobs (or requests, for baseline) per scenario.
@@ -79,19 +81,27 @@ pub struct BenchArgs {
     /// Jobs queued by the `scale` scenario.
     #[arg(long, default_value_t = 1_000_000)]
     scale_jobs: u64,
+    /// Where the `fsync` scenario writes its file: a directory on the server's disk. Default: the
+    /// spawned server's data directory with `--spawn`, else the system's temporary directory.
+    #[arg(long)]
+    fsync_dir: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
 struct Report {
     scenario: Scenario,
-    /// HTTP requests made.
+    /// HTTP requests made (`fsync`: syncs made, both halves).
     requests: u64,
-    /// Jobs moved (requests for baseline).
+    /// Jobs moved (requests for baseline; `fsync`: the syncs made back to back).
     jobs: u64,
     secs: f64,
     jobs_per_sec: f64,
-    /// `jobs_per_sec` over the baseline's requests per second, when a baseline ran.
+    /// `jobs_per_sec` over the baseline's requests per second, when a baseline ran (not for
+    /// `fsync`, which makes no request).
     ratio_to_baseline: Option<f64>,
+    /// `latency` only: its p50 over the p50 of the `fsync` scenario run before it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio_to_fsync: Option<f64>,
     /// Latency in milliseconds of each request (of enqueue → receive for `latency`).
     p50_ms: f64,
     p90_ms: f64,
@@ -383,6 +393,12 @@ pub async fn run(
     );
     let mut reports: Vec<Report> = Vec::new();
     let mut baseline_rate: Option<f64> = None;
+    let mut fsync_p50: Option<f64> = None;
+    let fsync_dir = args
+        .fsync_dir
+        .clone()
+        .or_else(|| server.as_ref().map(|s| s.dir.clone()))
+        .unwrap_or_else(std::env::temp_dir);
     for scenario in &args.scenarios {
         let queue = format!("bench.{run_id}.{}", format!("{scenario:?}").to_lowercase());
         if !json_out {
@@ -397,6 +413,12 @@ pub async fn run(
             Scenario::Enqueue => enqueue(&target, &args, &queue).await,
             Scenario::Batch => batch(&target, &args, &queue).await,
             Scenario::Drain => drain(&target, &args, &queue).await?,
+            Scenario::Fsync => {
+                let (dir, a) = (fsync_dir.clone(), args.clone());
+                tokio::task::spawn_blocking(move || fsync(&dir, &a))
+                    .await
+                    .context("the fsync scenario's thread failed")??
+            }
             Scenario::Latency => latency(&target, &args, &queue).await?,
             Scenario::Push => push(&target, &args, &queue, json_out).await?,
             Scenario::Scale => scale(&mut target, &args, &queue, server.as_mut()).await?,
@@ -404,9 +426,18 @@ pub async fn run(
         if *scenario == Scenario::Baseline && report.skipped.is_none() {
             baseline_rate = Some(report.jobs_per_sec);
         }
-        report.ratio_to_baseline = baseline_rate
-            .filter(|_| report.skipped.is_none() && report.jobs_per_sec > 0.0)
-            .map(|b| report.jobs_per_sec / b);
+        if *scenario == Scenario::Fsync {
+            fsync_p50 = Some(report.p50_ms);
+        } else {
+            report.ratio_to_baseline = baseline_rate
+                .filter(|_| report.skipped.is_none() && report.jobs_per_sec > 0.0)
+                .map(|b| report.jobs_per_sec / b);
+        }
+        if *scenario == Scenario::Latency {
+            report.ratio_to_fsync = fsync_p50
+                .filter(|f| *f > 0.0 && report.skipped.is_none())
+                .map(|f| report.p50_ms / f);
+        }
         reports.push(report);
     }
     if json_out {
@@ -425,6 +456,7 @@ fn skipped(scenario: Scenario, why: &str) -> Report {
         secs: 0.0,
         jobs_per_sec: 0.0,
         ratio_to_baseline: None,
+        ratio_to_fsync: None,
         p50_ms: 0.0,
         p90_ms: 0.0,
         p99_ms: 0.0,
@@ -460,6 +492,7 @@ fn report(
         secs,
         jobs_per_sec: if secs > 0.0 { jobs as f64 / secs } else { 0.0 },
         ratio_to_baseline: None,
+        ratio_to_fsync: None,
         p50_ms: ms(0.50),
         p90_ms: ms(0.90),
         p99_ms: ms(0.99),
@@ -844,6 +877,80 @@ async fn push(
 }
 
 /// Enqueues at `rate` jobs/s (open loop); a long-polling worker records enqueue → receive.
+/// Bytes each `fsync` sample writes before it syncs.
+const FSYNC_WRITE: usize = 4096;
+/// Samples of each half of the `fsync` scenario, at most.
+const FSYNC_SAMPLES: u64 = 400;
+
+/// The `fsync` scenario: the disk's own durable-write latency, the floor under every answer keel
+/// gives (it syncs before it acknowledges), so `latency` can be stated as a ratio that holds on
+/// another disk. Each sample writes 4 KiB into a file whose blocks are already allocated and
+/// written (so the sync flushes data, not file-system metadata) and `fdatasync`s it.
+///
+/// Two halves: back to back, whose rate is the report's throughput (comparable with DESIGN.md's
+/// "one fsync takes ~135 µs, ~7,300/s"); then one sample every `1/--rate` s, whose latencies are
+/// the report's percentiles. The paced half is what a sync meets in the `latency` scenario, and
+/// on some disks (this project's virtual machines among them) a sync after an idle gap takes
+/// twice as long as one in a run.
+fn fsync(dir: &std::path::Path, args: &BenchArgs) -> anyhow::Result<Report> {
+    use std::os::unix::fs::FileExt;
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    const SLOTS: u64 = 64;
+    let path = dir.join(format!("keel-bench-fsync-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let _remove = Remove(path.clone());
+    let block = vec![0x5a_u8; FSYNC_WRITE];
+    let at = |i: u64| (i % SLOTS) * FSYNC_WRITE as u64;
+    for i in 0..SLOTS {
+        file.write_all_at(&block, at(i))?;
+    }
+    file.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    let write_and_sync = |i: u64| -> anyhow::Result<Duration> {
+        file.write_all_at(&block, at(i))?;
+        let t = Instant::now();
+        file.sync_data()
+            .with_context(|| format!("syncing {}", path.display()))?;
+        Ok(t.elapsed())
+    };
+    let deadline = Instant::now() + Duration::from_secs(args.max_secs.max(1));
+    let samples = args.jobs.clamp(1, FSYNC_SAMPLES);
+    let started = Instant::now();
+    let mut in_a_run = 0;
+    while in_a_run < samples && Instant::now() < deadline {
+        write_and_sync(in_a_run)?;
+        in_a_run += 1;
+    }
+    let run_took = started.elapsed();
+    let rate = args.rate.max(1);
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let paced = samples.min(rate * args.max_secs.max(1));
+    let mut h = histogram();
+    let started = Instant::now();
+    for i in 0..paced {
+        let slot = started + interval.saturating_mul(u32::try_from(i).unwrap_or(u32::MAX));
+        std::thread::sleep(slot.saturating_duration_since(Instant::now()));
+        let _ = h.record(write_and_sync(i)?.as_micros().max(1) as u64);
+    }
+    Ok(report(
+        Scenario::Fsync,
+        in_a_run + paced,
+        in_a_run,
+        run_took,
+        &h,
+        0,
+    ))
+}
+
 async fn latency(target: &Target, args: &BenchArgs, queue: &str) -> anyhow::Result<Report> {
     let total = args.jobs.min(args.rate.max(1) * args.max_secs.max(1));
     let origin = Instant::now();
@@ -947,6 +1054,15 @@ fn print_table(reports: &[Report]) {
             r.max_ms,
             r.errors
         );
+        if r.scenario == Scenario::Fsync {
+            println!(
+                "{:<9} JOBS/S: 4 KiB writes synced back to back; percentiles: the same, one every 1/--rate s",
+                ""
+            );
+        }
+        if let Some(x) = r.ratio_to_fsync {
+            println!("{:<9} p50 = {x:.1}× the disk's paced fsync p50", "");
+        }
         if let Some(f) = &r.scale {
             println!(
                 "{:<9} {} jobs queued: resident {:.0} MiB (peak {:.0} MiB); restart to serving {:.2} s, then resident {:.0} MiB",

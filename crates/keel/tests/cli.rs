@@ -680,7 +680,7 @@ fn bench_spawns_a_server_and_reports_every_scenario_against_the_baseline() {
             "--max-secs",
             "10",
             "--scenarios",
-            "baseline,enqueue,batch,drain,latency,push,scale",
+            "baseline,enqueue,batch,drain,fsync,latency,push,scale",
             "--scale-jobs",
             "2000",
             "--json",
@@ -706,6 +706,18 @@ fn bench_spawns_a_server_and_reports_every_scenario_against_the_baseline() {
         assert!(r["ratio_to_baseline"].as_f64().is_some(), "{name}: {r}");
     }
     assert_eq!(by["baseline"]["ratio_to_baseline"], 1.0);
+    // fsync: 300 syncs back to back, then 300 paced; no HTTP, so no ratio of its own, but the
+    // latency scenario after it is stated against its p50.
+    let fsync = by["fsync"];
+    assert_eq!(fsync["jobs"], 300, "{fsync}");
+    assert_eq!(fsync["requests"], 600, "{fsync}");
+    assert!(fsync["ratio_to_baseline"].is_null(), "{fsync}");
+    let fsync_p50 = fsync["p50_ms"].as_f64().unwrap();
+    assert!(fsync_p50 > 0.0, "{fsync}");
+    let latency_p50 = by["latency"]["p50_ms"].as_f64().unwrap();
+    let ratio = by["latency"]["ratio_to_fsync"].as_f64().unwrap();
+    assert!((ratio - latency_p50 / fsync_p50).abs() < 1e-9, "{ratio}");
+    assert!(by["enqueue"]["ratio_to_fsync"].is_null());
     assert_eq!(by["batch"]["requests"], 3);
     // Push: keel delivered every job to the bench's own target, each with one request.
     assert_eq!(by["push"]["requests"], 300, "{}", by["push"]);
