@@ -97,7 +97,7 @@ struct Report {
     secs: f64,
     jobs_per_sec: f64,
     /// `jobs_per_sec` over the baseline's requests per second, when a baseline ran (not for
-    /// `fsync`, which makes no request).
+    /// `fsync`, which makes no request, nor `latency`, whose rate is the one it offered).
     ratio_to_baseline: Option<f64>,
     /// `latency` only: its p50 over the p50 of the `fsync` scenario run before it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -426,9 +426,11 @@ pub async fn run(
         if *scenario == Scenario::Baseline && report.skipped.is_none() {
             baseline_rate = Some(report.jobs_per_sec);
         }
+        // The throughput of `latency` is the rate it offered, not what keel can take, and `fsync`
+        // makes no request: neither has a ratio to the request rate.
         if *scenario == Scenario::Fsync {
             fsync_p50 = Some(report.p50_ms);
-        } else {
+        } else if *scenario != Scenario::Latency {
             report.ratio_to_baseline = baseline_rate
                 .filter(|_| report.skipped.is_none() && report.jobs_per_sec > 0.0)
                 .map(|b| report.jobs_per_sec / b);

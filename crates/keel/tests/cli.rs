@@ -703,7 +703,12 @@ fn bench_spawns_a_server_and_reports_every_scenario_against_the_baseline() {
             r["p99_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap(),
             "{name}: {r}"
         );
-        assert!(r["ratio_to_baseline"].as_f64().is_some(), "{name}: {r}");
+        let throughput = name != "latency";
+        assert_eq!(
+            r["ratio_to_baseline"].as_f64().is_some(),
+            throughput,
+            "{name}: {r}"
+        );
     }
     assert_eq!(by["baseline"]["ratio_to_baseline"], 1.0);
     // fsync: 300 syncs back to back, then 300 paced; no HTTP, so no ratio of its own, but the
