@@ -878,7 +878,6 @@ async fn push(
     ))
 }
 
-/// Enqueues at `rate` jobs/s (open loop); a long-polling worker records enqueue → receive.
 /// Bytes each `fsync` sample writes before it syncs.
 const FSYNC_WRITE: usize = 4096;
 /// Samples of each half of the `fsync` scenario, at most.
@@ -893,7 +892,7 @@ const FSYNC_SAMPLES: u64 = 400;
 /// "one fsync takes ~135 µs, ~7,300/s"); then one sample every `1/--rate` s, whose latencies are
 /// the report's percentiles. The paced half is what a sync meets in the `latency` scenario, and
 /// on some disks (this project's virtual machines among them) a sync after an idle gap takes
-/// twice as long as one in a run.
+/// twice as long as one in a run. Both halves together stay within `--max-secs`.
 fn fsync(dir: &std::path::Path, args: &BenchArgs) -> anyhow::Result<Report> {
     use std::os::unix::fs::FileExt;
     struct Remove(PathBuf);
@@ -935,13 +934,17 @@ fn fsync(dir: &std::path::Path, args: &BenchArgs) -> anyhow::Result<Report> {
     let run_took = started.elapsed();
     let rate = args.rate.max(1);
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let paced = samples.min(rate * args.max_secs.max(1));
     let mut h = histogram();
     let started = Instant::now();
-    for i in 0..paced {
-        let slot = started + interval.saturating_mul(u32::try_from(i).unwrap_or(u32::MAX));
+    let mut paced = 0;
+    while paced < samples {
+        let slot = started + interval.saturating_mul(u32::try_from(paced).unwrap_or(u32::MAX));
+        if slot >= deadline {
+            break;
+        }
         std::thread::sleep(slot.saturating_duration_since(Instant::now()));
-        let _ = h.record(write_and_sync(i)?.as_micros().max(1) as u64);
+        let _ = h.record(write_and_sync(paced)?.as_micros().max(1) as u64);
+        paced += 1;
     }
     Ok(report(
         Scenario::Fsync,
@@ -953,6 +956,7 @@ fn fsync(dir: &std::path::Path, args: &BenchArgs) -> anyhow::Result<Report> {
     ))
 }
 
+/// Enqueues at `rate` jobs/s (open loop); a long-polling worker records enqueue → receive.
 async fn latency(target: &Target, args: &BenchArgs, queue: &str) -> anyhow::Result<Report> {
     let total = args.jobs.min(args.rate.max(1) * args.max_secs.max(1));
     let origin = Instant::now();
