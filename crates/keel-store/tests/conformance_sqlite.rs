@@ -55,10 +55,11 @@ async fn the_checkpoint_thread_copies_the_wal_into_the_database_file() {
     store.close().await.unwrap();
 }
 
-/// SQLite-only: a new store is created with 16 KiB pages; a file created earlier with SQLite's
-/// 4 KiB pages keeps them and works as before (the page size of a WAL database is fixed).
+/// SQLite-only: a new store is created with 8 KiB pages; a file created earlier with other pages
+/// (16 KiB, keel's size until 2026-12-07) keeps them and works as before (the page size of a WAL
+/// database is fixed).
 #[tokio::test]
-async fn new_stores_get_16_kib_pages_and_older_files_keep_theirs() {
+async fn new_stores_get_8_kib_pages_and_older_files_keep_theirs() {
     use keel_store::{SqliteConfig, SqliteStore, Store};
     let page_size = |db: &std::path::Path| -> i64 {
         let conn = rusqlite::Connection::open(db).unwrap();
@@ -74,14 +75,14 @@ async fn new_stores_get_16_kib_pages_and_older_files_keep_theirs() {
         .await
         .unwrap();
     store.close().await.unwrap();
-    assert_eq!(page_size(&db), 16_384);
+    assert_eq!(page_size(&db), 8_192);
 
     let old = tempfile::tempdir().unwrap();
     let config = SqliteConfig::new(old.path());
     let db = config.db_path();
     {
         let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.execute_batch("PRAGMA page_size=4096; PRAGMA journal_mode=WAL; CREATE TABLE t (x);")
+        conn.execute_batch("PRAGMA page_size=16384; PRAGMA journal_mode=WAL; CREATE TABLE t (x);")
             .unwrap();
     }
     let store = SqliteStore::open(config, keel_store::testing::T0).unwrap();
@@ -89,5 +90,5 @@ async fn new_stores_get_16_kib_pages_and_older_files_keep_theirs() {
     let made = store.enqueue(jobs, keel_store::testing::T0).await.unwrap();
     assert!(store.get_job(made[499].job.id).await.unwrap().is_some());
     store.close().await.unwrap();
-    assert_eq!(page_size(&db), 4_096);
+    assert_eq!(page_size(&db), 16_384);
 }

@@ -58,11 +58,13 @@ fn apply(conn: &mut Connection, now_ms: i64, newest: i64) -> rusqlite::Result<i6
 /// writer alone turns it down to `NORMAL` and leaves the fsync to the sync thread (`sync.rs`).
 ///
 /// `page_size` applies only to a store being created (it must come before WAL mode is set);
-/// an existing file keeps its own. 16 KiB pages make batch enqueue ~13% faster than SQLite's
-/// 4 KiB (fewer B-tree splits and WAL frames per job; docs/performance.md), with drain unchanged.
+/// an existing file keeps its own. 8 KiB pages: against SQLite's 4 KiB, batch enqueue and drain
+/// are faster (fewer B-tree splits and WAL frames per job); against 16 KiB (the size until
+/// 2026-12-07) they are the same, and a small group's commit writes half the bytes, which its
+/// fsync waits for: enqueue → receive −7 to −16% (docs/performance.md, 2026-12-07).
 pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
-        "PRAGMA page_size=16384;
+        "PRAGMA page_size=8192;
          PRAGMA journal_mode=WAL;
          PRAGMA synchronous=FULL;
          PRAGMA foreign_keys=OFF;
