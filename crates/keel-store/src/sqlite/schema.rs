@@ -61,7 +61,8 @@ fn apply(conn: &mut Connection, now_ms: i64, newest: i64) -> rusqlite::Result<i6
 /// an existing file keeps its own. 8 KiB pages: against SQLite's 4 KiB, batch enqueue and drain
 /// are faster (fewer B-tree splits and WAL frames per job); against 16 KiB (the size until
 /// 2026-12-07) they are the same, and a small group's commit writes half the bytes, which its
-/// fsync waits for: enqueue → receive −7 to −16% (docs/performance.md, 2026-12-07).
+/// fsync waits for: enqueue → receive p50 −1 to −16%, median −10% (docs/performance.md,
+/// 2026-12-07).
 pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "PRAGMA page_size=8192;
