@@ -428,17 +428,18 @@ pub async fn run(
         }
         // The throughput of `latency` is the rate it offered, not what keel can take, and `fsync`
         // makes no request: neither has a ratio to the request rate.
-        if *scenario == Scenario::Fsync {
-            fsync_p50 = Some(report.p50_ms);
-        } else if *scenario != Scenario::Latency {
-            report.ratio_to_baseline = baseline_rate
-                .filter(|_| report.skipped.is_none() && report.jobs_per_sec > 0.0)
-                .map(|b| report.jobs_per_sec / b);
-        }
-        if *scenario == Scenario::Latency {
-            report.ratio_to_fsync = fsync_p50
-                .filter(|f| *f > 0.0 && report.skipped.is_none())
-                .map(|f| report.p50_ms / f);
+        match scenario {
+            Scenario::Fsync => fsync_p50 = Some(report.p50_ms),
+            Scenario::Latency => {
+                report.ratio_to_fsync = fsync_p50
+                    .filter(|f| *f > 0.0 && report.skipped.is_none())
+                    .map(|f| report.p50_ms / f);
+            }
+            _ => {
+                report.ratio_to_baseline = baseline_rate
+                    .filter(|_| report.skipped.is_none() && report.jobs_per_sec > 0.0)
+                    .map(|b| report.jobs_per_sec / b);
+            }
         }
         reports.push(report);
     }
@@ -895,20 +896,13 @@ const FSYNC_SAMPLES: u64 = 400;
 /// twice as long as one in a run. Both halves together stay within `--max-secs`.
 fn fsync(dir: &std::path::Path, args: &BenchArgs) -> anyhow::Result<Report> {
     use std::os::unix::fs::FileExt;
-    struct Remove(PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
     const SLOTS: u64 = 64;
-    let path = dir.join(format!("keel-bench-fsync-{}", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    let _remove = Remove(path.clone());
+    // Removed when dropped, also on an error.
+    let temp = tempfile::Builder::new()
+        .prefix("keel-bench-fsync-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    let (file, path) = (temp.as_file(), temp.path());
     let block = vec![0x5a_u8; FSYNC_WRITE];
     let at = |i: u64| (i % SLOTS) * FSYNC_WRITE as u64;
     for i in 0..SLOTS {

@@ -645,26 +645,23 @@ impl Writer {
             return Ok(());
         };
         self.flush_rows()?;
-        let rowid = match (before, after) {
+        match (before, after) {
             (None, Some(a)) => {
                 insert_job(&self.conn, a)?;
-                Some(self.conn.last_insert_rowid())
+                self.held.put(a, self.conn.last_insert_rowid());
             }
             (Some((_, rowid)), Some(a)) => {
                 update_job(&self.conn, a, rowid)?;
-                Some(rowid)
+                self.held.put(a, rowid);
             }
             (Some(_), None) => {
                 self.conn
                     .prepare_cached("DELETE FROM jobs WHERE id = ?1")?
                     .execute([id.into_bytes()])?;
-                None
+                self.held.forget(id);
             }
-            (None, None) => None,
-        };
-        match (after, rowid) {
-            (Some(a), Some(rowid)) => self.held.put(a, rowid),
-            _ => self.held.forget(id),
+            // `id` came from one of them.
+            (None, None) => {}
         }
         self.record(id, before.map(|(j, _)| j), after, events, now)
     }
