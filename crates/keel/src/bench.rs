@@ -1,9 +1,14 @@
 //! `keel bench`: a load generator for a running keel (or a throw-away one with `--spawn`), over
 //! real HTTP on loopback. Each scenario reports throughput and HdrHistogram latency percentiles,
-//! and every throughput is also stated as a ratio to the `baseline` scenario of the same run (the
-//! plain request rate of `GET /healthz` on the same server), so figures hold on a noisy machine.
+//! and every throughput is also stated as a ratio to two rates measured in the same run, so
+//! figures hold on a noisy machine: `floor`, the machine's plain HTTP request rate (a minimal
+//! hyper server in a child process that answers every request with the same few bytes, what
+//! DESIGN.md calls the HTTP floor), and `baseline`, the request rate of `GET /healthz` on the
+//! keel under test (which carries keel's per-request work: its request span, log line and
+//! metrics).
 //!
-//! Scenarios: `baseline` (GET /healthz), `enqueue` (one job per request), `batch` (POST
+//! Scenarios: `floor` (see above; on the machine running the bench), `baseline` (GET /healthz),
+//! `enqueue` (one job per request), `batch` (POST
 //! /v1/jobs/batch), `drain` (pull workers: lease N, ack N in one request), `latency` (enqueue at a
 //! fixed rate; a long-polling worker measures enqueue → receive), `fsync` (the disk's own durable
 //! write, the baseline of `latency`: see [`fsync`]), `push` (keel delivers to a fast
@@ -32,6 +37,7 @@ use serde_json::{Value, json};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scenario {
+    Floor,
     Baseline,
     Enqueue,
     Batch,
@@ -54,9 +60,13 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "baseline,enqueue,batch,drain,fsync,latency,push"
+        default_value = "floor,baseline,enqueue,batch,drain,fsync,latency,push"
     )]
     scenarios: Vec<Scenario>,
+    /// Internal: serve the `floor` scenario's minimal HTTP server (the bench starts it as a child
+    /// process) instead of running scenarios.
+    #[arg(long, hide = true)]
+    serve_floor: bool,
     /// Jobs (or requests, for baseline) per scenario.
     #[arg(long, default_value_t = 20_000)]
     jobs: u64,
@@ -99,6 +109,9 @@ struct Report {
     /// `jobs_per_sec` over the baseline's requests per second, when a baseline ran (not for
     /// `fsync`, which makes no request, nor `latency`, whose rate is the one it offered).
     ratio_to_baseline: Option<f64>,
+    /// `jobs_per_sec` over the `floor` scenario's requests per second, when it ran (the same
+    /// scenarios as `ratio_to_baseline`).
+    ratio_to_floor: Option<f64>,
     /// `latency` only: its p50 over the p50 of the `fsync` scenario run before it.
     #[serde(skip_serializing_if = "Option::is_none")]
     ratio_to_fsync: Option<f64>,
@@ -377,6 +390,9 @@ pub async fn run(
     token: Option<String>,
     json_out: bool,
 ) -> anyhow::Result<()> {
+    if args.serve_floor {
+        return serve_floor().await;
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (mut server, base, token) = if args.spawn {
         let (s, base, token) = spawn_server()?;
@@ -393,6 +409,7 @@ pub async fn run(
     );
     let mut reports: Vec<Report> = Vec::new();
     let mut baseline_rate: Option<f64> = None;
+    let mut floor_rate: Option<f64> = None;
     let mut fsync_p50: Option<f64> = None;
     let fsync_dir = args
         .fsync_dir
@@ -409,6 +426,7 @@ pub async fn run(
         // without reaching the server and would count as an error of this scenario.
         target.forget_idle();
         let mut report = match scenario {
+            Scenario::Floor => floor(&args).await?,
             Scenario::Baseline => baseline(&target, &args).await,
             Scenario::Enqueue => enqueue(&target, &args, &queue).await,
             Scenario::Batch => batch(&target, &args, &queue).await,
@@ -423,8 +441,12 @@ pub async fn run(
             Scenario::Push => push(&target, &args, &queue, json_out).await?,
             Scenario::Scale => scale(&mut target, &args, &queue, server.as_mut()).await?,
         };
-        if *scenario == Scenario::Baseline && report.skipped.is_none() {
-            baseline_rate = Some(report.jobs_per_sec);
+        if report.skipped.is_none() {
+            match scenario {
+                Scenario::Baseline => baseline_rate = Some(report.jobs_per_sec),
+                Scenario::Floor => floor_rate = Some(report.jobs_per_sec),
+                _ => {}
+            }
         }
         // The throughput of `latency` is the rate it offered, not what keel can take, and `fsync`
         // makes no request: neither has a ratio to the request rate.
@@ -436,9 +458,11 @@ pub async fn run(
                     .map(|f| report.p50_ms / f);
             }
             _ => {
-                report.ratio_to_baseline = baseline_rate
-                    .filter(|_| report.skipped.is_none() && report.jobs_per_sec > 0.0)
-                    .map(|b| report.jobs_per_sec / b);
+                let measured = report.skipped.is_none() && report.jobs_per_sec > 0.0;
+                let ratio =
+                    |rate: Option<f64>| rate.filter(|_| measured).map(|r| report.jobs_per_sec / r);
+                report.ratio_to_baseline = ratio(baseline_rate);
+                report.ratio_to_floor = ratio(floor_rate);
             }
         }
         reports.push(report);
@@ -459,6 +483,7 @@ fn skipped(scenario: Scenario, why: &str) -> Report {
         secs: 0.0,
         jobs_per_sec: 0.0,
         ratio_to_baseline: None,
+        ratio_to_floor: None,
         ratio_to_fsync: None,
         p50_ms: 0.0,
         p90_ms: 0.0,
@@ -495,6 +520,7 @@ fn report(
         secs,
         jobs_per_sec: if secs > 0.0 { jobs as f64 / secs } else { 0.0 },
         ratio_to_baseline: None,
+        ratio_to_floor: None,
         ratio_to_fsync: None,
         p50_ms: ms(0.50),
         p90_ms: ms(0.90),
@@ -599,6 +625,7 @@ where
     )
 }
 
+/// `GET /healthz` at `concurrency` connections, `jobs` times.
 async fn baseline(target: &Target, args: &BenchArgs) -> Report {
     let t = target.clone();
     let (req, done, errs, elapsed, h) =
@@ -615,6 +642,79 @@ async fn baseline(target: &Target, args: &BenchArgs) -> Report {
         })
         .await;
     report(Scenario::Baseline, req, done, elapsed, &h, errs)
+}
+
+/// The machine's plain HTTP request rate: the same load as `baseline`, through the same client,
+/// against a minimal hyper server in a child process (so, like keel, it has its own process and
+/// threads on the shared cores), which answers every request with the same 15 bytes.
+async fn floor(args: &BenchArgs) -> anyhow::Result<Report> {
+    use std::io::{BufRead, BufReader};
+    let exe = std::env::current_exe().context("finding the keel binary")?;
+    let mut child = Command::new(exe)
+        .args(["bench", "--serve-floor"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the floor server")?;
+    let addr = child
+        .stdout
+        .take()
+        .and_then(|out| BufReader::new(out).lines().next())
+        .and_then(Result::ok)
+        .and_then(|line| line.strip_prefix("floor listening on ").map(str::to_owned));
+    let report = match addr.map(|a| Target::new(format!("http://{a}"), None)) {
+        Some(Ok(target)) => {
+            let mut report = baseline(&target, args).await;
+            report.scenario = Scenario::Floor;
+            report
+        }
+        _ => skipped(Scenario::Floor, "the floor server did not start"),
+    };
+    // Closing its stdin ends it; the kill covers a child that stopped reading.
+    drop(child.stdin.take());
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(report)
+}
+
+/// The `floor` scenario's server (`keel bench --serve-floor`): HTTP/1.1 on an ephemeral loopback
+/// port, printed on the first line of stdout; `200 {"status":"ok"}` to every request, with no
+/// logging, routing or middleware. It exits when its stdin closes, so it never outlives the
+/// bench that started it.
+async fn serve_floor() -> anyhow::Result<()> {
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use std::io::Write;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "floor listening on {addr}")?;
+        out.flush()?;
+    }
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let answer = service_fn(|_req| async {
+                let mut res =
+                    hyper::Response::new(Full::new(Bytes::from_static(br#"{"status":"ok"}"#)));
+                res.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                Ok::<_, std::convert::Infallible>(res)
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), answer)
+                .await;
+        });
+    }
 }
 
 async fn enqueue(target: &Target, args: &BenchArgs, queue: &str) -> Report {
@@ -1019,12 +1119,13 @@ async fn latency(target: &Target, args: &BenchArgs, queue: &str) -> anyhow::Resu
 
 fn print_table(reports: &[Report]) {
     println!(
-        "{:<9} {:>9} {:>9} {:>8} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "{:<9} {:>9} {:>9} {:>8} {:>12} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7}",
         "SCENARIO",
         "REQUESTS",
         "JOBS",
         "SECS",
         "JOBS/S",
+        "×FLOOR",
         "×BASE",
         "P50 MS",
         "P90 MS",
@@ -1038,16 +1139,15 @@ fn print_table(reports: &[Report]) {
             println!("{name:<9} skipped: {why}");
             continue;
         }
-        let ratio = r
-            .ratio_to_baseline
-            .map_or("-".to_owned(), |x| format!("{x:.2}"));
+        let ratio = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{x:.2}"));
         println!(
-            "{name:<9} {:>9} {:>9} {:>8.2} {:>12.0} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+            "{name:<9} {:>9} {:>9} {:>8.2} {:>12.0} {:>7} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7}",
             r.requests,
             r.jobs,
             r.secs,
             r.jobs_per_sec,
-            ratio,
+            ratio(r.ratio_to_floor),
+            ratio(r.ratio_to_baseline),
             r.p50_ms,
             r.p90_ms,
             r.p99_ms,

@@ -680,7 +680,7 @@ fn bench_spawns_a_server_and_reports_every_scenario_against_the_baseline() {
             "--max-secs",
             "10",
             "--scenarios",
-            "baseline,enqueue,batch,drain,fsync,latency,push,scale",
+            "floor,baseline,enqueue,batch,drain,fsync,latency,push,scale",
             "--scale-jobs",
             "2000",
             "--json",
@@ -694,7 +694,10 @@ fn bench_spawns_a_server_and_reports_every_scenario_against_the_baseline() {
         .iter()
         .map(|r| (r["scenario"].as_str().unwrap(), r))
         .collect();
-    for name in ["baseline", "enqueue", "batch", "drain", "latency", "push"] {
+    let floor_rate = by["floor"]["jobs_per_sec"].as_f64().unwrap();
+    for name in [
+        "floor", "baseline", "enqueue", "batch", "drain", "latency", "push",
+    ] {
         let r = by[name];
         assert_eq!(r["jobs"], 300, "{name}: {r}");
         assert_eq!(r["errors"], 0, "{name}: {r}");
@@ -704,19 +707,31 @@ fn bench_spawns_a_server_and_reports_every_scenario_against_the_baseline() {
             "{name}: {r}"
         );
         let throughput = name != "latency";
+        // The floor runs first, so it has no baseline to be stated against.
         assert_eq!(
             r["ratio_to_baseline"].as_f64().is_some(),
-            throughput,
+            throughput && name != "floor",
             "{name}: {r}"
         );
+        match r["ratio_to_floor"].as_f64() {
+            Some(ratio) => {
+                assert!(throughput, "{name}: {r}");
+                let expected = r["jobs_per_sec"].as_f64().unwrap() / floor_rate;
+                assert!((ratio - expected).abs() < 1e-9, "{name}: {r}");
+            }
+            None => assert!(!throughput, "{name}: {r}"),
+        }
     }
     assert_eq!(by["baseline"]["ratio_to_baseline"], 1.0);
+    assert_eq!(by["floor"]["ratio_to_floor"], 1.0);
+    assert_eq!(by["floor"]["requests"], 300);
     // fsync: 300 syncs back to back, then 300 paced; no HTTP, so no ratio of its own, but the
     // latency scenario after it is stated against its p50.
     let fsync = by["fsync"];
     assert_eq!(fsync["jobs"], 300, "{fsync}");
     assert_eq!(fsync["requests"], 600, "{fsync}");
     assert!(fsync["ratio_to_baseline"].is_null(), "{fsync}");
+    assert!(fsync["ratio_to_floor"].is_null(), "{fsync}");
     let fsync_p50 = fsync["p50_ms"].as_f64().unwrap();
     assert!(fsync_p50 > 0.0, "{fsync}");
     let latency_p50 = by["latency"]["p50_ms"].as_f64().unwrap();
@@ -733,6 +748,50 @@ fn bench_spawns_a_server_and_reports_every_scenario_against_the_baseline() {
     assert!(scale["rss_mib"].as_f64().unwrap() > 1.0, "{scale}");
     assert!(scale["peak_rss_mib"].as_f64().unwrap() >= scale["rss_mib"].as_f64().unwrap());
     assert!(scale["restart_secs"].as_f64().unwrap() > 0.0, "{scale}");
+}
+
+/// The `floor` scenario's server answers plain HTTP and ends when the bench that started it
+/// closes its stdin (or dies), so it never outlives the bench.
+#[test]
+fn the_floor_server_answers_and_ends_with_its_stdin() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::time::Duration;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["bench", "--serve-floor"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("floor listening on ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_owned();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.write_all(b"GET /anything HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(r#"{"status":"ok"}"#), "{answer}");
+
+    drop(child.stdin.take());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the floor server outlived its stdin"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
