@@ -67,7 +67,7 @@ pub struct BenchArgs {
     /// process) instead of running scenarios.
     #[arg(long, hide = true)]
     serve_floor: bool,
-    /// Jobs (or requests, for baseline) per scenario.
+    /// Jobs (or requests, for floor and baseline) per scenario.
     #[arg(long, default_value_t = 20_000)]
     jobs: u64,
     /// Concurrent connections (workers for drain).
