@@ -334,12 +334,42 @@ impl Drop for Spawned {
     }
 }
 
-/// Starts `keel serve` on `dir` and waits for "keel is serving."; returns it and its address.
-fn start_server(dir: &std::path::Path) -> anyhow::Result<(Child, String)> {
+/// Starts this binary as a child with `args`, then whatever `configure` adds (more arguments
+/// after `args`, environment, a piped stdin), reads its stdout until `address` finds the address it listens on in a line, and keeps
+/// draining the rest so the pipe never fills; returns the child and that address.
+fn start_child(
+    what: &str,
+    args: &[&str],
+    configure: impl FnOnce(&mut Command),
+    address: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<(Child, String)> {
     use std::io::{BufRead, BufReader};
     let exe = std::env::current_exe().context("finding the keel binary")?;
-    let mut child = Command::new(exe)
-        .args([
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+    configure(&mut cmd);
+    let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} exited before it listened");
+        };
+        if let Some(addr) = address(&line) {
+            break addr;
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok((child, addr))
+}
+
+/// Starts `keel serve` on `dir` and waits for "keel is serving."; returns it and its address.
+fn start_server(dir: &std::path::Path) -> anyhow::Result<(Child, String)> {
+    start_child(
+        "the spawned keel serve",
+        &[
             "serve",
             "--listen",
             "127.0.0.1:0",
@@ -347,28 +377,16 @@ fn start_server(dir: &std::path::Path) -> anyhow::Result<(Child, String)> {
             "json",
             "--allow-private-targets",
             "--data-dir",
-        ])
-        .arg(dir)
-        .env("RUST_LOG", "warn,keel=info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting keel serve")?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let Some(Ok(line)) = lines.next() else {
-            let _ = child.wait();
-            bail!("the spawned keel serve exited before serving");
-        };
-        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        if v["message"] == "keel is serving." {
-            break v["addr"].as_str().unwrap_or_default().to_owned();
-        }
-    };
-    // Keep draining its logs so the pipe never fills.
-    std::thread::spawn(move || for _ in lines {});
-    Ok((child, addr))
+        ],
+        |cmd| {
+            cmd.arg(dir).env("RUST_LOG", "warn,keel=info");
+        },
+        |line| {
+            let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+            (v["message"] == "keel is serving.")
+                .then(|| v["addr"].as_str().unwrap_or_default().to_owned())
+        },
+    )
 }
 
 fn spawn_server() -> anyhow::Result<(Spawned, String, String)> {
@@ -648,29 +666,19 @@ async fn baseline(target: &Target, args: &BenchArgs) -> Report {
 /// against a minimal hyper server in a child process (so, like keel, it has its own process and
 /// threads on the shared cores), which answers every request with the same 15 bytes.
 async fn floor(args: &BenchArgs) -> anyhow::Result<Report> {
-    use std::io::{BufRead, BufReader};
-    let exe = std::env::current_exe().context("finding the keel binary")?;
-    let mut child = Command::new(exe)
-        .args(["bench", "--serve-floor"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the floor server")?;
-    let addr = child
-        .stdout
-        .take()
-        .and_then(|out| BufReader::new(out).lines().next())
-        .and_then(Result::ok)
-        .and_then(|line| line.strip_prefix("floor listening on ").map(str::to_owned));
-    let report = match addr.map(|a| Target::new(format!("http://{a}"), None)) {
-        Some(Ok(target)) => {
-            let mut report = baseline(&target, args).await;
-            report.scenario = Scenario::Floor;
-            report
-        }
-        _ => skipped(Scenario::Floor, "the floor server did not start"),
+    let started = start_child(
+        "the floor server",
+        &["bench", "--serve-floor"],
+        |cmd| {
+            cmd.stdin(Stdio::piped());
+        },
+        |line| line.strip_prefix("floor listening on ").map(str::to_owned),
+    );
+    let Ok((mut child, addr)) = started else {
+        return Ok(skipped(Scenario::Floor, "the floor server did not start"));
     };
+    let mut report = baseline(&Target::new(format!("http://{addr}"), None)?, args).await;
+    report.scenario = Scenario::Floor;
     // Closing its stdin ends it; the kill covers a child that stopped reading.
     drop(child.stdin.take());
     let _ = child.kill();
