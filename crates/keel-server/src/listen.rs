@@ -16,13 +16,45 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use std::convert::Infallible;
+
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
+
+/// What `run` serves: the application as one tower service (`routes::router`), cloned for each
+/// connection and each request.
+pub(crate) trait App:
+    tower::Service<
+        hyper::Request<Incoming>,
+        Response = hyper::Response<
+            tower_http::body::UnsyncBoxBody<hyper::body::Bytes, tower::BoxError>,
+        >,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<
+            hyper::Request<Incoming>,
+            Response = hyper::Response<
+                tower_http::body::UnsyncBoxBody<hyper::body::Bytes, tower::BoxError>,
+            >,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
 
 /// Connection-level limits; `ServerConfig` carries them.
 #[derive(Clone, Debug)]
@@ -95,7 +127,7 @@ impl Tls {
 /// to finish their current request.
 pub(crate) async fn run(
     listener: TcpListener,
-    app: Router,
+    app: impl App,
     tls: Option<Tls>,
     limits: ConnLimits,
     mut stopping: watch::Receiver<bool>,
@@ -152,8 +184,12 @@ pub(crate) async fn run(
     let _ = all_closed.recv().await;
 }
 
-async fn serve_one<I>(io: I, app: Router, limits: &ConnLimits, mut stopping: watch::Receiver<bool>)
-where
+async fn serve_one<I>(
+    io: I,
+    app: impl App,
+    limits: &ConnLimits,
+    mut stopping: watch::Receiver<bool>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut http = hyper::server::conn::http1::Builder::new();

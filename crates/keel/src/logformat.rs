@@ -3,167 +3,279 @@
 //! span's fields>,"name":…}}`, the keys tracing-subscriber's JSON format writes with
 //! `flatten_event` and `with_current_span`, so readers of the logs see no difference.
 //!
-//! That format parses the current span's fields back from their JSON text into a map on every
-//! line (its own source says it should not); here the stored text (`JsonFields`, one JSON object
-//! per span) is copied in as it is, and the event's fields are escaped into the line without a
-//! map of values in between.
+//! Every request logs a line or two inside a span of three fields, so this is on the hot path of
+//! every request (docs/performance.md). tracing-subscriber's own JSON format gathers a span's
+//! fields into a map of JSON values and serialises it when the span is made, and parses that text
+//! back into a map for every line (its own source says it should not); it formats the timestamp
+//! through `fmt` on every line. Here:
+//! - a span's fields are stored (`SpanFields`) as the members of a JSON object, escaped as they
+//!   are recorded, and copied into each line as they are;
+//! - an event's fields are escaped into the line without a map of values in between;
+//! - the timestamp's date and time of day are formatted once per second per thread; each line
+//!   writes only its microseconds.
 //!
 //! Invariant: every line is one JSON object on one line: strings are escaped (quotes,
-//! backslashes, control characters), and a non-finite number is written as `null`.
+//! backslashes, control characters), and a non-finite number is written as `null`. A field
+//! recorded on a span after it was made is appended; recorded twice, its key appears twice (JSON
+//! readers keep the last).
 
+use std::cell::Cell;
 use std::fmt::{self, Write};
+use std::time::{Duration, SystemTime as Clock, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
+use tracing::span::Record;
 use tracing::{Event, Subscriber};
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Formats events as JSON lines; pair it with `JsonFields` for span fields.
+/// Formats events as JSON lines; pair it with `SpanFields` for span fields.
 pub struct JsonLines;
 
-impl<S, N> FormatEvent<S, N> for JsonLines
+impl<S> FormatEvent<S, SpanFields> for JsonLines
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(
         &self,
-        ctx: &FmtContext<'_, S, N>,
+        ctx: &FmtContext<'_, S, SpanFields>,
         mut w: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        // The line is made in a `String` and handed over whole: the writer is a `dyn` one, and a
+        // line is some forty small writes.
+        let mut line = String::with_capacity(384);
         let meta = event.metadata();
-        w.write_str("{\"timestamp\":\"")?;
-        SystemTime.format_time(&mut w)?;
-        write!(w, "\",\"level\":\"{}\"", meta.level())?;
-        let mut fields = Fields {
-            w: &mut w,
-            result: Ok(()),
-        };
+        line.push_str("{\"timestamp\":\"");
+        match Clock::now().duration_since(UNIX_EPOCH) {
+            Ok(now) if now.as_secs() <= LAST_SECOND => timestamp(&mut line, now)?,
+            // Before 1970 or after 9999: not worth a fast path.
+            _ => SystemTime.format_time(&mut Writer::new(&mut line))?,
+        }
+        line.push_str("\",\"level\":\"");
+        line.push_str(meta.level().as_str());
+        line.push('"');
+        let mut fields = Fields::new(&mut line, true);
         event.record(&mut fields);
         fields.result?;
-        w.write_str(",\"target\":")?;
-        string(&mut w, meta.target())?;
+        line.push_str(",\"target\":");
+        string(&mut line, meta.target());
         if let Some(span) = ctx.lookup_current() {
-            w.write_str(",\"span\":{")?;
+            line.push_str(",\"span\":{");
             let ext = span.extensions();
-            // `JsonFields` stores a span's fields as one JSON object's text: copy its members.
-            let members = ext
-                .get::<FormattedFields<N>>()
-                .map(|f| f.fields.trim())
-                .and_then(|t| t.strip_prefix('{'))
-                .and_then(|t| t.strip_suffix('}'))
-                .map(str::trim)
-                .unwrap_or("");
-            if !members.is_empty() {
-                w.write_str(members)?;
-                w.write_char(',')?;
+            if let Some(members) = ext
+                .get::<FormattedFields<SpanFields>>()
+                .filter(|f| !f.fields.is_empty())
+            {
+                line.push_str(&members.fields);
+                line.push(',');
             }
-            w.write_str("\"name\":")?;
-            string(&mut w, span.name())?;
-            w.write_char('}')?;
+            line.push_str("\"name\":");
+            string(&mut line, span.name());
+            line.push('}');
         }
-        w.write_str("}\n")
+        line.push_str("}\n");
+        w.write_str(&line)
     }
 }
 
-/// Writes each field as `,"name":value`.
-struct Fields<'a, 'w> {
-    w: &'a mut Writer<'w>,
+/// A span's fields as the members of a JSON object, without the braces: `"method":"POST",…`.
+#[derive(Default)]
+pub struct SpanFields;
+
+impl<'w> FormatFields<'w> for SpanFields {
+    fn format_fields<R: RecordFields>(&self, mut w: Writer<'w>, fields: R) -> fmt::Result {
+        let mut members = String::with_capacity(128);
+        let mut visit = Fields::new(&mut members, false);
+        fields.record(&mut visit);
+        visit.result?;
+        w.write_str(&members)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'w mut FormattedFields<Self>,
+        fields: &Record<'_>,
+    ) -> fmt::Result {
+        let more = !current.fields.is_empty();
+        let mut visit = Fields::new(&mut current.fields, more);
+        fields.record(&mut visit);
+        visit.result
+    }
+}
+
+/// The last second of year 9999, the last `keel_core::Time` can write.
+const LAST_SECOND: u64 = 253_402_300_799;
+
+/// Writes `since_epoch` (up to `LAST_SECOND`) as tracing-subscriber's `SystemTime` does, RFC 3339
+/// in UTC with microseconds (`2026-12-07T05:59:01.123456Z`). The text up to the second is kept per
+/// thread and made again only when the second changes.
+fn timestamp(out: &mut String, since_epoch: Duration) -> fmt::Result {
+    thread_local! {
+        static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+    }
+    let secs = since_epoch.as_secs();
+    let cached = SECOND.with(|c| {
+        let (s, text) = c.get();
+        (s == secs).then_some(text)
+    });
+    let prefix = match cached {
+        Some(text) => text,
+        None => {
+            // `Time` writes `YYYY-MM-DDTHH:MM:SS.mmmZ`; the first 20 bytes are the second.
+            let ms = i64::try_from(secs)
+                .map_err(|_| fmt::Error)?
+                .saturating_mul(1_000);
+            let whole = keel_core::Time::from_millis(ms).to_string();
+            let mut text = [0; 20];
+            text.copy_from_slice(whole.as_bytes().get(..20).ok_or(fmt::Error)?);
+            SECOND.with(|c| c.set((secs, text)));
+            text
+        }
+    };
+    let mut micros = since_epoch.subsec_micros();
+    let mut tail = *b"000000Z";
+    for digit in tail[..6].iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    // Both parts are ASCII by construction.
+    out.push_str(std::str::from_utf8(&prefix).map_err(|_| fmt::Error)?);
+    out.push_str(std::str::from_utf8(&tail).map_err(|_| fmt::Error)?);
+    Ok(())
+}
+
+/// Writes each field as `"name":value`, separated by commas; with `comma`, one goes before the
+/// first too.
+struct Fields<'a> {
+    out: &'a mut String,
+    comma: bool,
+    /// A `Display` or `Debug` of a field's value may fail; the line is then dropped.
     result: fmt::Result,
 }
 
-impl Fields<'_, '_> {
-    fn key(&mut self, field: &Field) -> fmt::Result {
-        self.w.write_char(',')?;
-        string(self.w, field.name())?;
-        self.w.write_char(':')
+impl<'a> Fields<'a> {
+    fn new(out: &'a mut String, comma: bool) -> Fields<'a> {
+        Fields {
+            out,
+            comma,
+            result: Ok(()),
+        }
     }
 
-    fn put(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+    fn key(&mut self, field: &Field) {
+        if self.comma {
+            self.out.push(',');
+        }
+        self.comma = true;
+        string(self.out, field.name());
+        self.out.push(':');
+    }
+
+    fn put(&mut self, field: &Field, value: impl fmt::Display) {
+        self.key(field);
         if self.result.is_ok() {
-            self.result = self.key(field).and_then(|()| value(self.w));
+            self.result = write!(self.out, "{value}");
         }
     }
 }
 
-impl Visit for Fields<'_, '_> {
+impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, |w| string(w, value));
+        self.key(field);
+        string(self.out, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, |w| write!(w, "{value}"));
+        self.put(field, value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, |w| write!(w, "{value}"));
+        self.put(field, value);
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.put(field, |w| {
-            if value.is_finite() {
-                write!(w, "{value}")
-            } else {
-                w.write_str("null")
-            }
-        });
+        if value.is_finite() {
+            self.put(field, value);
+        } else {
+            self.put(field, "null");
+        }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, |w| write!(w, "{value}"));
+        self.put(field, value);
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.put(field, |w| quoted(w, format_args!("{value}")));
+        self.key(field);
+        if self.result.is_ok() {
+            self.result = quoted(self.out, format_args!("{value}"));
+        }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.put(field, |w| quoted(w, format_args!("{value:?}")));
+        self.key(field);
+        if self.result.is_ok() {
+            self.result = quoted(self.out, format_args!("{value:?}"));
+        }
     }
 }
 
 /// A JSON string of `text`.
-fn string(w: &mut impl Write, text: &str) -> fmt::Result {
-    w.write_char('"')?;
-    Escaped(w).write_str(text)?;
-    w.write_char('"')
+fn string(out: &mut String, text: &str) {
+    out.push('"');
+    escape(out, text);
+    out.push('"');
 }
 
 /// A JSON string of formatted text, escaped as it is formatted.
-fn quoted(w: &mut impl Write, args: fmt::Arguments<'_>) -> fmt::Result {
-    w.write_char('"')?;
-    Escaped(&mut *w).write_fmt(args)?;
-    w.write_char('"')
+fn quoted(out: &mut String, args: fmt::Arguments<'_>) -> fmt::Result {
+    out.push('"');
+    Escaped(out).write_fmt(args)?;
+    out.push('"');
+    Ok(())
 }
 
-/// Escapes what is written through it for the inside of a JSON string.
-struct Escaped<'a, W: Write>(&'a mut W);
-
-impl<W: Write> Write for Escaped<'_, W> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let mut plain = 0;
-        for (i, b) in s.bytes().enumerate() {
-            let escape = match b {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0..=0x1f => "",
-                _ => continue,
-            };
-            self.0.write_str(&s[plain..i])?;
-            if escape.is_empty() {
-                write!(self.0, "\\u{b:04x}")?;
-            } else {
-                self.0.write_str(escape)?;
-            }
-            plain = i + 1;
+/// Appends `text` escaped for the inside of a JSON string: quotes, backslashes and control
+/// characters.
+fn escape(out: &mut String, text: &str) {
+    let needs = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    let Some(first) = text.bytes().position(needs) else {
+        // Most text: copied as it is.
+        out.push_str(text);
+        return;
+    };
+    let mut plain = 0;
+    for (i, b) in text.bytes().enumerate().skip(first) {
+        if !needs(b) {
+            continue;
         }
-        self.0.write_str(&s[plain..])
+        out.push_str(&text[plain..i]);
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            _ => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
+        }
+        plain = i + 1;
+    }
+    out.push_str(&text[plain..]);
+}
+
+/// Escapes what is formatted through it.
+struct Escaped<'a>(&'a mut String);
+
+impl Write for Escaped<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        escape(self.0, s);
+        Ok(())
     }
 }
 
@@ -174,7 +286,6 @@ mod tests {
 
     use serde_json::{Value, json};
     use tracing_subscriber::fmt::MakeWriter;
-    use tracing_subscriber::fmt::format::JsonFields;
 
     use super::*;
 
@@ -204,7 +315,7 @@ mod tests {
         let out = Capture::default();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(out.clone())
-            .fmt_fields(JsonFields::new())
+            .fmt_fields(SpanFields)
             .event_format(JsonLines)
             .finish();
         tracing::subscriber::with_default(subscriber, log);
@@ -216,7 +327,7 @@ mod tests {
 
     #[test]
     fn lines_are_json_with_the_event_fields_flat_and_the_span_nested() {
-        let awkward = "quote \" backslash \\ newline \n tab \t bell \u{7} snow ☃";
+        let awkward = "quote \" backslash \\ newline \n tab \t bell \u{7} snow ☃ cr \r unit \u{1f}";
         let got = lines(|| {
             let span = tracing::info_span!("request", method = "POST", request_id = awkward);
             let _entered = span.enter();
@@ -253,5 +364,61 @@ mod tests {
         assert!(got[0].get("span").is_none(), "{}", got[0]);
         assert_eq!(got[1]["span"], json!({"name": "quiet"}));
         assert_eq!(got[1]["level"], "WARN");
+    }
+
+    #[test]
+    fn fields_recorded_on_a_span_later_are_added_to_its_lines() {
+        let got = lines(|| {
+            let span =
+                tracing::info_span!("request", method = "POST", status = tracing::field::Empty);
+            let _entered = span.enter();
+            tracing::info!(message = "Before.");
+            span.record("status", 201_u64);
+            tracing::info!(message = "After.");
+            let bare = tracing::info_span!("bare", late = tracing::field::Empty);
+            let _inner = bare.enter();
+            bare.record("late", "quote \"");
+            tracing::info!(message = "Inner.");
+        });
+        assert_eq!(got[0]["span"], json!({"method": "POST", "name": "request"}));
+        assert_eq!(
+            got[1]["span"],
+            json!({"method": "POST", "status": 201, "name": "request"})
+        );
+        assert_eq!(got[2]["span"], json!({"late": "quote \"", "name": "bare"}));
+    }
+
+    fn stamp(secs: u64, micros: u32) -> String {
+        let mut out = String::new();
+        timestamp(&mut out, Duration::new(secs, micros * 1_000)).unwrap();
+        out
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_with_microseconds_and_follow_each_second() {
+        assert_eq!(stamp(0, 0), "1970-01-01T00:00:00.000000Z");
+        // A leap day, then the second after its last one on the same thread: the kept text of
+        // the second must be made again, across a change of day and month.
+        assert_eq!(stamp(951_868_799, 999_999), "2000-02-29T23:59:59.999999Z");
+        assert_eq!(stamp(951_868_800, 7), "2000-03-01T00:00:00.000007Z");
+        assert_eq!(stamp(951_868_800, 120_450), "2000-03-01T00:00:00.120450Z");
+        assert_eq!(stamp(LAST_SECOND, 1), "9999-12-31T23:59:59.000001Z");
+    }
+
+    #[test]
+    fn timestamps_match_what_tracing_subscriber_writes() {
+        // The same instant cannot be had twice, so compare the shape and the second.
+        let mut theirs = String::new();
+        let before = Clock::now().duration_since(UNIX_EPOCH).unwrap();
+        SystemTime
+            .format_time(&mut Writer::new(&mut theirs))
+            .unwrap();
+        let ours = stamp(before.as_secs(), before.subsec_micros());
+        assert_eq!(ours.len(), theirs.len(), "{ours} against {theirs}");
+        let second = |t: &str| t[..19].to_owned();
+        assert!(
+            second(&ours) == second(&theirs) || before.subsec_millis() > 900,
+            "{ours} against {theirs}"
+        );
     }
 }

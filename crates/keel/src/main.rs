@@ -687,7 +687,7 @@ fn init_logs(format: Option<LogFormat>, otlp: Option<&str>) -> anyhow::Result<Lo
     let (sink, lines) = logsink::start();
     let fmt = tracing_subscriber::fmt::layer().with_writer(sink);
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![if json {
-        fmt.fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+        fmt.fmt_fields(logformat::SpanFields)
             .event_format(logformat::JsonLines)
             .with_filter(filter())
             .boxed()

@@ -147,7 +147,16 @@ pub(crate) async fn enqueue(
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/jobs/{}", done.job.id)) {
         res.headers_mut().insert(header::LOCATION, location);
     }
-    tracing::info!(message = "Job enqueued.", job_id = %done.job.id, queue = %done.job.queue, kind = %done.job.kind, replayed = done.replayed);
+    // Fields as `&str`: recorded as they are, without the `fmt` machinery (a line per enqueue).
+    let mut id = uuid::Uuid::encode_buffer();
+    let job_id = &*done.job.id.hyphenated().encode_lower(&mut id);
+    tracing::info!(
+        message = "Job enqueued.",
+        job_id,
+        queue = done.job.queue.as_str(),
+        kind = done.job.kind.as_str(),
+        replayed = done.replayed
+    );
     Ok(res)
 }
 
