@@ -26,6 +26,11 @@ impl Tokens {
 
     /// The next token.
     pub fn next_token(&mut self) -> Result<String, getrandom::Error> {
+        Ok(self.next_uuid()?.simple().to_string())
+    }
+
+    /// The next token as a v4 UUID (request ids use it too).
+    pub fn next_uuid(&mut self) -> Result<uuid::Uuid, getrandom::Error> {
         if self.used + 16 > self.buf.len() {
             getrandom::fill(&mut self.buf)?;
             self.used = 0;
@@ -35,8 +40,7 @@ impl Tokens {
         bytes.copy_from_slice(drawn);
         drawn.fill(0);
         self.used += 16;
-        let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
-        Ok(id.simple().to_string())
+        Ok(uuid::Builder::from_random_bytes(bytes).into_uuid())
     }
 }
 

@@ -1,7 +1,7 @@
 //! Authentication (who is calling) and authorisation (may they do this, to this queue).
 //!
 //! Invariants:
-//! - Every `/v1` route except the OpenAPI document runs behind `authenticate`, which either
+//! - Every `/v1` route except the OpenAPI document runs behind `admit` (its `authenticate`), which either
 //!   attaches a [`Caller`] or answers `401`; a handler cannot run without a caller, because
 //!   [`Caller`] is an extractor that fails when the middleware did not attach one.
 //! - Which role may do what is decided in one table, [`permits`]. Handlers state what they need
@@ -25,7 +25,7 @@ use keel_store::{Actor, Store, StoreError, TokenRecord};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::limit::RateLimiter;
+use crate::limit::{Budget, RateLimiter, take_slot};
 use crate::problem::ApiError;
 
 /// What a route needs from its caller's role.
@@ -224,13 +224,29 @@ impl Auth {
     }
 }
 
-/// Middleware: attaches the [`Caller`] or answers `401` (no or unknown token) or `429` (over the
-/// token's rate limit).
-pub(crate) async fn authenticate(
-    State(st): State<AppState>,
+/// Middleware for the job API, in one layer: takes an in-flight slot (or answers `429
+/// overloaded` before any other work), then attaches the [`Caller`] or answers `401` (no or
+/// unknown token) or `429` (over the token's rate limit). One layer rather than two: each route
+/// layer costs every request a clone and a boxed future (docs/performance.md).
+pub(crate) async fn admit(
+    State((budget, st)): State<(Budget, AppState)>,
     mut req: Request,
     next: Next,
 ) -> Response {
+    let slot = match take_slot(&budget, &mut req) {
+        Ok(slot) => slot,
+        Err(overloaded) => return overloaded.into_response(),
+    };
+    let res = match authenticate(&st, &mut req) {
+        Ok(()) => next.run(req).await,
+        Err(refused) => refused.into_response(),
+    };
+    drop(slot);
+    res
+}
+
+/// Attaches the request's [`Caller`], or says why not.
+fn authenticate(st: &AppState, req: &mut Request) -> Result<(), ApiError> {
     // The token is borrowed from the request's headers only while it is looked up: no copy of
     // the secret per request.
     let admitted = {
@@ -246,10 +262,9 @@ pub(crate) async fn authenticate(
                     .map(|(_, t)| t.trim())
                     .filter(|t| !t.is_empty());
                 if token.is_none() && st.auth.enabled {
-                    return ApiError::Unauthorized(
+                    return Err(ApiError::Unauthorized(
                         "the Authorization header must be \"Bearer <token>\"".into(),
-                    )
-                    .into_response();
+                    ));
                 }
                 token
             }
@@ -259,9 +274,9 @@ pub(crate) async fn authenticate(
     match admitted {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
-            next.run(req).await
+            Ok(())
         }
-        Err(e) => e.into_response(),
+        Err(e) => Err(e),
     }
 }
 

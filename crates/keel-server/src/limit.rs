@@ -44,18 +44,28 @@ impl InFlight {
 
 /// Middleware: takes a slot or answers `429 overloaded` with `Retry-After` immediately.
 pub(crate) async fn shed(State(budget): State<Budget>, mut req: Request, next: Next) -> Response {
-    match budget.0.try_acquire_owned() {
-        Ok(permit) => {
-            // The middleware keeps its own handle for the whole request: extensions are dropped
-            // as soon as an extractor consumes the request (reading the body does), which would
-            // give the slot back while the body is still arriving.
-            let slot = InFlight(Arc::new(Mutex::new(Some(permit))));
-            req.extensions_mut().insert(slot.clone());
+    match take_slot(&budget, &mut req) {
+        Ok(slot) => {
             let res = next.run(req).await;
             drop(slot);
             res
         }
-        Err(_) => ApiError::Overloaded.into_response(),
+        Err(overloaded) => overloaded.into_response(),
+    }
+}
+
+/// Takes a slot for `req` (also put in its extensions, for a long poll to give back), or says
+/// `429 overloaded`. The caller holds the returned slot until the answer is made: extensions are
+/// dropped as soon as an extractor consumes the request (reading the body does), which would
+/// give the slot back while the body is still arriving.
+pub(crate) fn take_slot(budget: &Budget, req: &mut Request) -> Result<InFlight, ApiError> {
+    match budget.0.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let slot = InFlight(Arc::new(Mutex::new(Some(permit))));
+            req.extensions_mut().insert(slot.clone());
+            Ok(slot)
+        }
+        Err(_) => Err(ApiError::Overloaded),
     }
 }
 

@@ -134,20 +134,60 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 
 /// Middleware: counts each request by route template, method and status, and times it.
 pub(crate) async fn track(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let method = method_label(req.method());
     let started = Instant::now();
     let res = next.run(req).await;
-    let status = res.status().as_u16().to_string();
-    metrics::histogram!(HTTP_DURATION, "route" => route.clone(), "method" => method)
-        .record(started.elapsed());
-    metrics::counter!(HTTP_REQUESTS, "route" => route, "method" => method, "status" => status)
-        .increment(1);
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    count(route, method, res.status().as_u16(), started.elapsed());
     res
+}
+
+/// Records a request in the histogram and counter of its route, method and status. The handles
+/// are registered once per thread and kept: registering builds the labels (three strings) and
+/// looks them up in the recorder's registry, which was most of what counting a request cost.
+/// Bounded by the route table, the methods `method_label` names and the status codes.
+fn count(route: &str, method: &'static str, status: u16, took: Duration) {
+    type ByStatus = Vec<(u16, metrics::Counter)>;
+    type ByMethod = Vec<(&'static str, metrics::Histogram, ByStatus)>;
+    thread_local! {
+        static KEPT: std::cell::RefCell<std::collections::HashMap<String, ByMethod>> =
+            std::cell::RefCell::default();
+    }
+    let duration =
+        || metrics::histogram!(HTTP_DURATION, "route" => route.to_owned(), "method" => method);
+    let requests = || metrics::counter!(HTTP_REQUESTS, "route" => route.to_owned(), "method" => method, "status" => status.to_string());
+    KEPT.with(|kept| {
+        let Ok(mut kept) = kept.try_borrow_mut() else {
+            // Not reachable (nothing here records re-entrantly); counted the slow way regardless.
+            duration().record(took);
+            requests().increment(1);
+            return;
+        };
+        if !kept.contains_key(route) {
+            kept.insert(route.to_owned(), Vec::new());
+        }
+        let Some(methods) = kept.get_mut(route) else {
+            return;
+        };
+        let at = match methods.iter().position(|(m, _, _)| *m == method) {
+            Some(at) => at,
+            None => {
+                methods.push((method, duration(), Vec::new()));
+                methods.len() - 1
+            }
+        };
+        let (_, histogram, statuses) = &mut methods[at];
+        histogram.record(took);
+        match statuses.iter().find(|(s, _)| *s == status) {
+            Some((_, counter)) => counter.increment(1),
+            None => {
+                let counter = requests();
+                counter.increment(1);
+                statuses.push((status, counter));
+            }
+        }
+    });
 }
 
 /// Escapes a label value for the text format (also used for the push breakers' origins).

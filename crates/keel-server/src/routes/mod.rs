@@ -15,16 +15,22 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, Response};
 use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
+use std::cell::RefCell;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+use axum::http::HeaderValue;
+use keel_core::lease::Tokens;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::auth::authenticate;
+use crate::auth::admit;
 use crate::limit::{Budget, shed};
 use crate::problem::ApiError;
 
@@ -69,10 +75,9 @@ pub(crate) fn router(state: AppState) -> impl crate::listen::App {
         .routes(routes!(schedules::get, schedules::put, schedules::delete))
         .routes(routes!(schedules::pause))
         .routes(routes!(schedules::resume))
-        .route_layer(from_fn_with_state(state.clone(), authenticate))
         .route_layer(from_fn_with_state(
-            Budget::new(state.config.max_in_flight),
-            shed,
+            (Budget::new(state.config.max_in_flight), state.clone()),
+            admit,
         ));
     let ops = OpenApiRouter::new()
         .routes(routes!(health::healthz))
@@ -97,7 +102,7 @@ pub(crate) fn router(state: AppState) -> impl crate::listen::App {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("a handler panicked".into()).into_response()
         }))
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(RequestIds))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http()
@@ -133,4 +138,23 @@ pub(crate) fn router(state: AppState) -> impl crate::listen::App {
         )
         .layer(DefaultBodyLimit::max(body_limit))
         .service(routed)
+}
+
+/// `x-request-id` for a request that came without one: a v4 UUID, its randomness drawn for 64
+/// ids at a time per thread, instead of a `getrandom` system call per request. Without
+/// randomness (the OS refused it) the request goes on without an id rather than fail.
+#[derive(Clone, Copy)]
+struct RequestIds;
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        thread_local! {
+            static IDS: RefCell<Tokens> = RefCell::new(Tokens::new(64));
+        }
+        let id = IDS.with(|ids| ids.borrow_mut().next_uuid()).ok()?;
+        let mut text = uuid::Uuid::encode_buffer();
+        HeaderValue::from_str(id.hyphenated().encode_lower(&mut text))
+            .ok()
+            .map(RequestId::new)
+    }
 }

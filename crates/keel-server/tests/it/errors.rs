@@ -267,7 +267,14 @@ async fn request_ids_are_echoed_or_generated() {
     let res = s.http.get(s.url("/v1/nope")).send().await.unwrap();
     let generated = res.headers()["x-request-id"].to_str().unwrap();
     assert!(
-        uuid::Uuid::parse_str(generated).is_ok(),
-        "errors carry an id too: {generated}"
+        uuid::Uuid::parse_str(generated).is_ok_and(|u| u.get_version_num() == 4),
+        "errors carry an id too, a v4 UUID: {generated}"
     );
+    // Generated ids come from a per-thread buffer of randomness: none may repeat.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let res = s.http.get(s.url("/healthz")).send().await.unwrap();
+        let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert!(seen.insert(id.clone()), "request id {id} given twice");
+    }
 }
