@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use std::convert::Infallible;
 
+use hyper::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -25,32 +26,24 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
+use tower::Service;
+
+/// The answer of every request: the panic guard's (outermost layer's) body type.
+type Answer = hyper::Response<tower_http::body::UnsyncBoxBody<hyper::body::Bytes, tower::BoxError>>;
 
 /// What `run` serves: the application as one tower service (`routes::router`), cloned for each
 /// connection and each request.
 pub(crate) trait App:
-    tower::Service<
-        hyper::Request<Incoming>,
-        Response = hyper::Response<
-            tower_http::body::UnsyncBoxBody<hyper::body::Bytes, tower::BoxError>,
-        >,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Clone
+    Service<Request<Incoming>, Response = Answer, Error = Infallible, Future: Send + 'static>
+    + Clone
     + Send
     + 'static
 {
 }
 
 impl<S> App for S where
-    S: tower::Service<
-            hyper::Request<Incoming>,
-            Response = hyper::Response<
-                tower_http::body::UnsyncBoxBody<hyper::body::Bytes, tower::BoxError>,
-            >,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Clone
+    S: Service<Request<Incoming>, Response = Answer, Error = Infallible, Future: Send + 'static>
+        + Clone
         + Send
         + 'static
 {
