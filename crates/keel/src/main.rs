@@ -669,16 +669,43 @@ struct Logs {
     _lines: logsink::Guard,
 }
 
+/// The log filter `RUST_LOG` asks for (default `info`), as one layer in front of all others.
+///
+/// Directives by target and level only (`warn,keel_server=debug`, the usual kind) become a
+/// `Targets`, which decides per callsite once and keeps no state per span. Only a `RUST_LOG` with
+/// span or field directives (`keel[request]=debug`) gets an `EnvFilter`, which must look up its
+/// table of spans under a lock on every span enter and exit, five times a request
+/// (docs/performance.md). A `RUST_LOG` neither can read means `info`, as before.
+fn log_filter<S>(spec: Option<&str>) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::{EnvFilter, Targets};
+    let spec = spec
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("info");
+    // `Targets` would read `[span]` as part of a target name rather than refuse it.
+    if !spec.contains(['[', '{'])
+        && let Ok(targets) = spec.parse::<Targets>()
+    {
+        return targets.boxed();
+    }
+    match EnvFilter::try_new(spec) {
+        Ok(filter) => filter.boxed(),
+        Err(_) => Targets::new()
+            .with_default(tracing::level_filters::LevelFilter::INFO)
+            .boxed(),
+    }
+}
+
 /// Sets up logging (and, with `otlp`, span export): lines go through `logsink`.
 fn init_logs(format: Option<LogFormat>, otlp: Option<&str>) -> anyhow::Result<Logs> {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::registry::Registry;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = || {
-        tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-    };
     let json = match format {
         Some(LogFormat::Json) => true,
         Some(LogFormat::Pretty) => false,
@@ -689,22 +716,96 @@ fn init_logs(format: Option<LogFormat>, otlp: Option<&str>) -> anyhow::Result<Lo
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![if json {
         fmt.fmt_fields(logformat::SpanFields)
             .event_format(logformat::JsonLines)
-            .with_filter(filter())
             .boxed()
     } else {
-        fmt.with_filter(filter()).boxed()
+        fmt.boxed()
     }];
     let guard = match otlp {
         Some(endpoint) => {
             let (layer, guard) = otel::layer(endpoint)?;
-            layers.push(layer.with_filter(filter()).boxed());
+            layers.push(layer);
             Some(guard)
         }
         None => None,
     };
-    tracing_subscriber::registry().with(layers).init();
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    tracing_subscriber::registry()
+        .with(layers)
+        .with(filter)
+        .init();
     Ok(Logs {
         _spans: guard,
         _lines: lines,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod log_filter_tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing::Level;
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+
+    use super::log_filter;
+
+    /// Keeps `target level` of every event that reaches it.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Seen {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let meta = event.metadata();
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{} {}", meta.target(), meta.level()));
+        }
+    }
+
+    /// The events that pass `RUST_LOG=spec` out of a fixed set.
+    fn passed(spec: Option<&str>) -> Vec<String> {
+        let seen = Seen::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(seen.clone())
+            .with(log_filter(spec));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::event!(target: "keel_server::routes", Level::DEBUG, "a");
+            tracing::event!(target: "keel_server::routes", Level::INFO, "b");
+            tracing::event!(target: "hyper::proto", Level::INFO, "c");
+            tracing::event!(target: "hyper::proto", Level::WARN, "d");
+            let span = tracing::info_span!(target: "keel_server::routes", "request");
+            let _entered = span.enter();
+            tracing::event!(target: "keel_server::jobs", Level::DEBUG, "e");
+        });
+        seen.0.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn rust_log_filters_by_target_level_and_span() {
+        let info = [
+            "keel_server::routes INFO",
+            "hyper::proto INFO",
+            "hyper::proto WARN",
+        ];
+        assert_eq!(passed(None), info);
+        assert_eq!(passed(Some("")), info);
+        // Unreadable: `info`, as before.
+        assert_eq!(passed(Some("keel=loud")), info);
+        assert_eq!(passed(Some("warn")), ["hyper::proto WARN"]);
+        assert_eq!(
+            passed(Some("warn,keel_server=debug")),
+            [
+                "keel_server::routes DEBUG",
+                "keel_server::routes INFO",
+                "hyper::proto WARN",
+                "keel_server::jobs DEBUG",
+            ]
+        );
+        // A span directive: only the debug line inside the `request` span, above the default.
+        assert_eq!(
+            passed(Some("warn,[request]=debug")),
+            ["hyper::proto WARN", "keel_server::jobs DEBUG"]
+        );
+    }
 }
