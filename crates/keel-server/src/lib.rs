@@ -108,6 +108,8 @@ pub(crate) struct Shared {
     pub(crate) ui: Arc<ui::Ui>,
     /// Turns true when shutdown begins; long polls end early on it.
     pub(crate) stopping: watch::Receiver<bool>,
+    /// The served OpenAPI document, serialised once when the routes are built (`routes::router`).
+    pub(crate) openapi: std::sync::OnceLock<axum::body::Bytes>,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
@@ -145,6 +147,7 @@ pub async fn serve(
         push: push.clone(),
         ui: Arc::new(ui::Ui::new()?),
         stopping: stopping.clone(),
+        openapi: std::sync::OnceLock::new(),
     }));
     let sampler = {
         let ui = state.ui.clone();

@@ -3,17 +3,13 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::{Extension, Json};
 
 use crate::AppState;
 use crate::problem::ApiError;
-
-/// The served OpenAPI document, serialised once when the routes are built.
-#[derive(Clone)]
-pub(crate) struct Document(pub(crate) axum::body::Bytes);
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct Health {
@@ -33,8 +29,9 @@ pub(crate) struct Health {
     ),
     security(())
 )]
-pub(crate) async fn openapi(Extension(doc): Extension<Document>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], doc.0)
+pub(crate) async fn openapi(State(st): State<AppState>) -> impl IntoResponse {
+    let doc = st.openapi.get().cloned().unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], doc)
 }
 
 #[utoipa::path(

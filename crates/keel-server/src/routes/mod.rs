@@ -10,7 +10,6 @@ mod workers;
 
 use std::time::Duration;
 
-use axum::Extension;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, Response};
 use axum::middleware::from_fn_with_state;
@@ -86,13 +85,15 @@ pub(crate) fn router(state: AppState) -> impl crate::listen::App {
         .routes(routes!(crate::metrics::scrape))
         .route_layer(from_fn_with_state(Budget::new(OPS_BUDGET), shed));
     let (routes, api_doc) = api.merge(ops).split_for_parts();
+    // Kept in the state for its one route, rather than added to every request (an `Extension`
+    // layer clones it into each request's extensions).
     let doc = serde_json::to_vec(&crate::openapi::document(api_doc)).unwrap_or_default();
+    let _ = state.openapi.set(doc.into());
     // `track` needs the matched route, which only exists inside the router, so it is the one
     // layer added per route; the rest wrap the router once. A layer added with `Router::layer`
     // wraps every route in a boxed service of its own, and each request cloned and boxed every
     // level again: five of them cost a sixth of `/healthz`'s instructions (docs/performance.md).
     let routed = routes
-        .layer(Extension(health::Document(doc.into())))
         .merge(crate::ui::router(state.clone()))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

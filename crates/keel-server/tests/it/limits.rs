@@ -114,6 +114,29 @@ async fn oversized_or_too_many_headers_get_431() {
 }
 
 #[tokio::test]
+async fn the_default_header_count_limit_holds_too() {
+    // At the default (100) hyper is not told the limit but uses its own: the same one.
+    let s = TestServer::start().await;
+    assert_eq!(ConnLimits::default().max_headers, 100);
+    let headers = |n: usize| {
+        (0..n).map(|i| format!("X-H{i}: v\r\n")).collect::<String>() + "Connection: close\r\n\r\n"
+    };
+    // `head` adds Host and Authorization: 90 more fit, 110 do not.
+    for (extra, status) in [(90, "HTTP/1.1 200"), (110, "HTTP/1.1 431")] {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(head(&s, "GET", "/v1/jobs", &headers(extra)).as_bytes())
+            .await
+            .unwrap();
+        let got = read_to_close(&mut c).await;
+        assert!(
+            got.starts_with(status),
+            "{extra} headers: {}",
+            &got[..got.len().min(200)]
+        );
+    }
+}
+
+#[tokio::test]
 async fn connections_beyond_the_limit_are_closed_at_once() {
     let s = TestServer::start_with(config(ConnLimits {
         max_connections: 3,
