@@ -12,11 +12,10 @@
 //! - On shutdown every connection is told to finish its current request and close; `serve`
 //!   bounds how long that may take.
 
+use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::convert::Infallible;
 
 use hyper::Request;
 use hyper::body::Incoming;

@@ -8,18 +8,16 @@ mod schedules;
 mod schemas;
 mod workers;
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Request, Response};
+use axum::http::{HeaderValue, Request, Response};
 use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
-use std::cell::RefCell;
+use keel_core::lease::Tokens;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-
-use axum::http::HeaderValue;
-use keel_core::lease::Tokens;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -39,10 +37,10 @@ const OPS_BUDGET: usize = 64;
 /// The whole application: the middleware stack around the route table, as one service that
 /// `listen::run` serves. Outermost first: catch panics, set and echo `x-request-id`, the request
 /// span and its log line, the body limit, then routing and, per route, `track` (metrics), and for
-/// the job API `shed` and `authenticate`.
+/// the job API `admit` (an in-flight slot, then the token).
 pub(crate) fn router(state: AppState) -> impl crate::listen::App {
     let body_limit = state.config.limits.max_body_bytes;
-    // The job API: shed (outermost) → authenticate → handler. `route_layer` keeps unmatched
+    // The job API: `admit` (shed, then authenticate) → handler. `route_layer` keeps unmatched
     // paths out of both, so a 404 costs nothing and needs no token. Handlers are registered
     // with utoipa-axum's `routes!`, which takes each one's path and method from its
     // `#[utoipa::path]`: the route table and the OpenAPI document are one list.
