@@ -93,14 +93,17 @@ impl Job {
     }
 }
 
+/// Whether `s` can stand inside a JSON string as it is: no control byte, quote or backslash.
+pub fn json_str_is_plain(s: &str) -> bool {
+    // No short circuit, so the check compiles to a vector loop.
+    s.bytes()
+        .fold(true, |ok, b| ok & (b >= 0x20 && b != b'"' && b != b'\\'))
+}
+
 /// Appends `s` as a JSON string: as it is when nothing in it needs escaping (the usual case),
 /// else escaped by `serde_json`.
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    // No short circuit, so the check compiles to a vector loop.
-    let plain = s
-        .bytes()
-        .fold(true, |ok, b| ok & (b >= 0x20 && b != b'"' && b != b'\\'));
-    if plain {
+    if json_str_is_plain(s) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');

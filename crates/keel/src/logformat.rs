@@ -244,14 +244,13 @@ fn quoted(out: &mut String, args: fmt::Arguments<'_>) -> fmt::Result {
 /// Appends `text` escaped for the inside of a JSON string: quotes, backslashes and control
 /// characters.
 fn escape(out: &mut String, text: &str) {
-    let first = plain_len(text.as_bytes());
-    if first == text.len() {
-        // Most text: copied as it is.
+    // Most text: copied as it is, after the same check keel's JSON answers make.
+    if keel_core::json_str_is_plain(text) {
         out.push_str(text);
         return;
     }
     let mut plain = 0;
-    for (i, b) in text.bytes().enumerate().skip(first) {
+    for (i, b) in text.bytes().enumerate() {
         if !needs_escape(b) {
             continue;
         }
@@ -273,32 +272,6 @@ fn escape(out: &mut String, text: &str) {
 
 fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
-}
-
-/// How many leading bytes of `bytes` need no escaping. Eight bytes at a time while none of them
-/// does: a control byte, a quote or a backslash anywhere in a word sets a high bit in the test
-/// below (exactly when one is there, as these tests go; a set bit only says "look closer", and
-/// the bytes are then looked at one by one).
-fn plain_len(bytes: &[u8]) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let zero_byte = |y: u64| y.wrapping_sub(ONES) & !y;
-    let mut at = 0;
-    while let Some(Ok(word)) = bytes.get(at..at + 8).map(<[u8; 8]>::try_from) {
-        let x = u64::from_le_bytes(word);
-        let control = x.wrapping_sub(ONES * 0x20) & !x;
-        let quote = zero_byte(x ^ (ONES * u64::from(b'"')));
-        let backslash = zero_byte(x ^ (ONES * u64::from(b'\\')));
-        if (control | quote | backslash) & HIGHS != 0 {
-            break;
-        }
-        at += 8;
-    }
-    let rest = bytes.get(at..).unwrap_or_default();
-    at + rest
-        .iter()
-        .position(|&b| needs_escape(b))
-        .unwrap_or(rest.len())
 }
 
 /// Escapes what is formatted through it.
@@ -462,25 +435,39 @@ mod tests {
     }
 
     #[test]
-    fn the_word_at_a_time_scan_finds_every_byte_that_needs_escaping() {
-        // Every ASCII byte at every offset of a 19-byte string (two words and a tail), against
-        // the byte-by-byte answer.
+    fn every_byte_that_needs_escaping_is_escaped_wherever_it_is() {
+        // Every ASCII byte at every offset of a 19-byte string, against a byte-by-byte answer:
+        // the fast check for plain text must not let one through.
+        let reference = |text: &str| -> String {
+            text.chars()
+                .map(|c| match c {
+                    '"' => "\\\"".to_owned(),
+                    '\\' => "\\\\".to_owned(),
+                    '\n' => "\\n".to_owned(),
+                    '\r' => "\\r".to_owned(),
+                    '\t' => "\\t".to_owned(),
+                    c if (c as u32) < 0x20 => format!("\\u{:04x}", c as u32),
+                    c => c.to_string(),
+                })
+                .collect()
+        };
         let mut text = vec![b'a'; 19];
         for at in 0..text.len() {
             for b in 0..0x80u8 {
                 text[at] = b;
-                let want = text
-                    .iter()
-                    .position(|&c| needs_escape(c))
-                    .unwrap_or(text.len());
-                assert_eq!(plain_len(&text), want, "byte {b:#x} at {at}");
+                let text = std::str::from_utf8(&text).unwrap();
+                let mut out = String::new();
+                escape(&mut out, text);
+                assert_eq!(out, reference(text), "byte {b:#x} at {at}");
             }
             text[at] = b'a';
         }
         // Multi-byte characters (every byte >= 0x80) are plain.
         let snow = "☃é€𝄞".repeat(5);
-        assert_eq!(plain_len(snow.as_bytes()), snow.len());
         let mut out = String::new();
+        escape(&mut out, &snow);
+        assert_eq!(out, snow);
+        out.clear();
         escape(&mut out, &format!("{snow}\"{snow}\u{1}"));
         assert_eq!(out, format!("{snow}\\\"{snow}\\u0001"));
     }
