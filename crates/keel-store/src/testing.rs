@@ -140,6 +140,7 @@ macro_rules! conformance_tests {
             paused_queue_hands_out_nothing,
             cancel_revokes_a_running_lease,
             retry_and_replay_give_a_fresh_budget,
+            counts_follow_every_state_and_replay_takes_the_earliest_finished,
             purge_removes_jobs_and_records_it,
             retention_removes_old_finished_jobs_and_their_events,
             list_is_newest_first_paginated_and_filtered,
@@ -864,6 +865,76 @@ pub mod cases {
                 .await,
             Err(StoreError::NotFound)
         ));
+    }
+
+    /// A queue's counts by state, after jobs reach each state, and which jobs a replay with a
+    /// limit takes: those finished earliest, whatever their ids.
+    pub async fn counts_follow_every_state_and_replay_takes_the_earliest_finished(h: &dyn Harness) {
+        let store = h.open().await;
+        let mut later = job("q");
+        later.when = When::Delay(3_600_000);
+        let ids: Vec<_> = store
+            .enqueue(vec![job("q"), job("q"), job("q"), job("q"), later], T0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.job.id)
+            .collect();
+        let leased = store.lease(lease_req(&["q"], 2), T0).await.unwrap();
+        assert_eq!(
+            leased.iter().map(|l| l.job.id).collect::<Vec<_>>(),
+            ids[..2]
+        );
+        one(&*store, complete(ids[0], &leased[0].token), T0.plus_ms(1))
+            .await
+            .unwrap();
+        store
+            .cancel(ids[3], Scope::All, T0.plus_ms(2))
+            .await
+            .unwrap();
+        store
+            .cancel(ids[2], Scope::All, T0.plus_ms(3))
+            .await
+            .unwrap();
+        let counts = |store: std::sync::Arc<dyn Store>| async move {
+            store.queue("q", T0).await.unwrap().unwrap().counts
+        };
+        assert_eq!(
+            counts(store.clone()).await,
+            crate::Counts {
+                scheduled: 1,
+                available: 0,
+                running: 1,
+                completed: 1,
+                dead: 0,
+                cancelled: 2,
+            }
+        );
+        let replayed = store
+            .replay(
+                "q",
+                ReplayFilter {
+                    state: State::Cancelled,
+                    kind: None,
+                    limit: 1,
+                },
+                &op(),
+                T0.plus_ms(4),
+            )
+            .await
+            .unwrap();
+        assert_eq!(replayed, 1);
+        let state = |id| {
+            let store = store.clone();
+            async move { store.get_job(id).await.unwrap().unwrap().state }
+        };
+        assert_eq!(
+            (state(ids[3]).await, state(ids[2]).await),
+            (State::Available, State::Cancelled),
+            "the job cancelled first is replayed first, though its id is higher"
+        );
+        let c = counts(store.clone()).await;
+        assert_eq!((c.available, c.cancelled), (1, 1));
     }
 
     pub async fn purge_removes_jobs_and_records_it(h: &dyn Harness) {

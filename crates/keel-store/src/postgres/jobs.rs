@@ -469,8 +469,8 @@ async fn queue_exists(tx: &impl GenericClient, queue: &str) -> Result<bool, PgEr
     )
 }
 
-/// Applies `cmd` to up to `limit` jobs of `queue` in `state` (of `kind`, if given), oldest
-/// first; returns how many it moved.
+/// Applies `cmd` to up to `limit` jobs of `queue` in `state` (of `kind`, if given), finished
+/// ones earliest finished first, others oldest first; returns how many it moved.
 async fn bulk(
     c: &mut Client,
     sh: &Shared,
@@ -484,11 +484,18 @@ async fn bulk(
     if !queue_exists(&tx, queue).await? {
         return Err(StoreError::NotFound.into());
     }
+    // Finished jobs earliest finished first (through `jobs_finished`), others oldest first, as
+    // the SQLite store takes them.
+    let order = if state.is_final() {
+        "finished_at, id"
+    } else {
+        "id"
+    };
     let rows = query(
         &tx,
         &format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE queue = $1 AND state = $2 AND ($3::text IS NULL OR kind = $3) \
-             ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED"
+             ORDER BY {order} LIMIT $4 FOR UPDATE SKIP LOCKED"
         ),
         &[&queue, &state.as_str(), &kind, &(limit as i64)],
     )

@@ -33,7 +33,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-use self::rows::{EVENT_COLUMNS, JOB_COLUMNS, SELECT_JOB, event_from_row, job_from_row, state_col};
+use self::rows::{
+    COUNT_FINISHED, COUNT_LIVE, EVENT_COLUMNS, JOB_COLUMNS, OLDEST_AVAILABLE, SELECT_JOB,
+    event_from_row, job_from_row, state_col,
+};
 use self::writer::{JobCommand, Request, Step, Writer, answer};
 use crate::types::{
     Actor, AuditEntry, Counts, Enqueued, JobFilter, JobPage, LeaseRequest, LeasedJob, Outcome,
@@ -215,14 +218,23 @@ impl SqliteStore {
                 });
             }
             for q in &mut queues {
-                let mut stmt = conn.prepare_cached("SELECT state, count(*) FROM jobs WHERE queue = ?1 GROUP BY state")?;
+                // Unfinished and finished jobs are counted through their own indexes
+                // (`jobs_queue_live`, `jobs_queue_state_finished`; `finished_at` is set exactly
+                // when a job is finished).
+                let live: [i64; 3] = conn
+                    .prepare_cached(COUNT_LIVE)?
+                    .query_row([&q.name], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?]))?;
+                for (state, n) in [State::Scheduled, State::Available, State::Running].into_iter().zip(live) {
+                    q.counts.add(state, n.max(0) as u64);
+                }
+                let mut stmt = conn.prepare_cached(COUNT_FINISHED)?;
                 let rows = stmt.query_map([&q.name], |r| Ok((state_col(r, 0)?, r.get::<_, i64>(1)?)))?;
                 for row in rows {
                     let (state, n) = row?;
                     q.counts.add(state, n.max(0) as u64);
                 }
                 let oldest: Option<i64> = conn
-                    .prepare_cached("SELECT min(run_at) FROM jobs WHERE queue = ?1 AND state = 'available'")?
+                    .prepare_cached(OLDEST_AVAILABLE)?
                     .query_row([&q.name], |r| r.get(0))?;
                 q.oldest_available_age_ms = oldest.map(|t| now.millis_since(Time::from_millis(t)).max(0));
             }

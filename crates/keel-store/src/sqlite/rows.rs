@@ -26,9 +26,45 @@ pub(crate) const LOAD_JOB_ROWID: usize = 23;
 /// Only the columns that can change after enqueue, so unchanged indexes are not rewritten. The
 /// row is found by its rowid (a search of the table's integer keys), not by searching the id
 /// index; `id = ?1` is checked on the row found, so a wrong rowid changes nothing.
-pub(crate) const UPDATE_JOB: &str = "UPDATE jobs SET state = ?2, attempt = ?3, run_at = ?4, updated_at = ?5, \
+const UPDATE_JOB: &str = "UPDATE jobs SET state = ?2, attempt = ?3, run_at = ?4, updated_at = ?5, \
     finished_at = ?6, last_error = ?7, result = ?8, lease_token_hash = ?9, lease_expires_at = ?10, \
     lease_worker = ?11, lease_leased_at = ?12 WHERE rowid = ?13 AND id = ?1";
+
+/// `UPDATE_JOB` without `finished_at`, for every change that keeps it: all but a job's finish and
+/// its replay. SQLite maintains an index only when the SET names one of its columns or a column of
+/// its WHERE, so a lease, a heartbeat or a retry's backoff leave `jobs_queue_live` (partial on
+/// `finished_at IS NULL`) alone (migration 6).
+const UPDATE_JOB_SAME_FINISH: &str = "UPDATE jobs SET state = ?2, attempt = ?3, run_at = ?4, \
+    updated_at = ?5, last_error = ?7, result = ?8, lease_token_hash = ?9, lease_expires_at = ?10, \
+    lease_worker = ?11, lease_leased_at = ?12 WHERE rowid = ?13 AND id = ?1";
+
+/// Jobs by queue and state. Unfinished jobs are found through `jobs_queue_live` (queue, id) and
+/// finished ones through `jobs_queue_state_finished` (queue, state, finished_at), both partial
+/// on `finished_at`, which is set exactly when a job is finished (keel-core's state machine).
+/// SQLite uses a partial index only for a query whose WHERE names its condition, so each of these
+/// does; `tests::queries_by_state_search_their_index` holds every one to its plan.
+///
+/// Counts of a queue's unfinished jobs: scheduled, available, running. One pass with a count
+/// per state: `GROUP BY state` would sort every row, since this index is not in state order.
+pub(crate) const COUNT_LIVE: &str = "SELECT count(*) FILTER (WHERE state = 'scheduled'), \
+    count(*) FILTER (WHERE state = 'available'), count(*) FILTER (WHERE state = 'running') \
+    FROM jobs WHERE queue = ?1 AND finished_at IS NULL";
+/// Counts of a queue's finished jobs by state.
+pub(crate) const COUNT_FINISHED: &str =
+    "SELECT state, count(*) FROM jobs WHERE queue = ?1 AND finished_at IS NOT NULL GROUP BY state";
+/// When a queue's longest-waiting available job became due.
+pub(crate) const OLDEST_AVAILABLE: &str = "SELECT min(run_at) FROM jobs WHERE queue = ?1 \
+    AND finished_at IS NULL AND state = 'available'";
+/// Ids of a queue's unfinished jobs in one state (?2), optionally of one kind (?3), oldest first.
+pub(crate) const IDS_LIVE: &str = "SELECT id FROM jobs WHERE queue = ?1 AND finished_at IS NULL \
+    AND state = ?2 AND (?3 IS NULL OR kind = ?3) ORDER BY id LIMIT ?4";
+/// Ids of a queue's finished jobs in one state (?2), optionally of one kind (?3), earliest
+/// finished first.
+pub(crate) const IDS_FINISHED: &str = "SELECT id FROM jobs WHERE queue = ?1 AND state = ?2 \
+    AND finished_at IS NOT NULL AND (?3 IS NULL OR kind = ?3) ORDER BY finished_at LIMIT ?4";
+/// Ids of a queue's jobs finished in one state (?2) before ?3 (retention).
+pub(crate) const IDS_FINISHED_BEFORE: &str = "SELECT id FROM jobs WHERE queue = ?1 AND state = ?2 \
+    AND finished_at IS NOT NULL AND finished_at < ?3 LIMIT ?4";
 
 fn conversion(col: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(col, Type::Text, Box::new(e))
@@ -212,13 +248,21 @@ pub(crate) fn insert_job(conn: &rusqlite::Connection, job: &Job) -> rusqlite::Re
 }
 
 /// Writes the mutable columns of an existing job's row, `rowid` (from `LOAD_JOB`, or kept with
-/// the writer's copy). A rowid that is not this job's row is an error, and changes nothing.
+/// the writer's copy). `finished_before` is the row's `finished_at` before the change: when it
+/// stays, the column is left out of the statement. A rowid that is not this job's row is an
+/// error, and changes nothing.
 pub(crate) fn update_job(
     conn: &rusqlite::Connection,
     job: &Job,
     rowid: i64,
+    finished_before: Option<Time>,
 ) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare_cached(UPDATE_JOB)?;
+    let same_finish = job.finished_at == finished_before;
+    let mut stmt = conn.prepare_cached(if same_finish {
+        UPDATE_JOB_SAME_FINISH
+    } else {
+        UPDATE_JOB
+    })?;
     let lease = job.lease.as_ref();
     bind_set(
         &mut stmt,
@@ -229,7 +273,10 @@ pub(crate) fn update_job(
             job.attempt,
             job.run_at.as_millis(),
             job.updated_at.as_millis(),
-            job.finished_at.map(Time::as_millis),
+            // ?6 is not in UPDATE_JOB_SAME_FINISH; unbound, as NULL is.
+            job.finished_at
+                .filter(|_| !same_finish)
+                .map(Time::as_millis),
             job.last_error.as_ref().map(to_json).transpose()?,
             job.result.as_ref().map(Json::get),
             lease.map(|l| &l.token_hash),
@@ -472,8 +519,8 @@ mod tests {
         let (mut a2, mut b2) = (bare(1), full(2));
         a2.idempotency_key = a.idempotency_key.clone();
         b2.idempotency_key = None;
-        update_job(&conn, &b2, b_row).unwrap();
-        update_job(&conn, &a2, a_row).unwrap();
+        update_job(&conn, &b2, b_row, b.finished_at).unwrap();
+        update_job(&conn, &a2, a_row, a.finished_at).unwrap();
         // The UPDATE writes only the columns that change after enqueue.
         a2.traceparent = a.traceparent.clone();
         b2.traceparent = None;
@@ -483,6 +530,81 @@ mod tests {
             a2,
             "an update kept a value from the one before"
         );
+
+        // The same through the statement for a change that keeps `finished_at`: b keeps its
+        // finish and gets every other value, then a keeps having none.
+        let mut b3 = b2.clone();
+        b3.attempt = 2;
+        update_job(&conn, &b3, b_row, b2.finished_at).unwrap();
+        update_job(&conn, &a2, a_row, a2.finished_at).unwrap();
+        assert_eq!(read(&conn, b.id), b3);
+        assert_eq!(
+            read(&conn, a.id),
+            a2,
+            "an update kept a value from the one before"
+        );
+    }
+
+    /// One text column of every row `sql` gives, its parameters left unbound.
+    fn column(conn: &rusqlite::Connection, sql: &str, col: usize) -> Vec<String> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        let mut rows = stmt.raw_query();
+        let mut out = vec![];
+        while let Some(row) = rows.next().unwrap() {
+            out.push(row.get(col).unwrap());
+        }
+        out
+    }
+
+    fn plan(conn: &rusqlite::Connection, sql: &str) -> String {
+        column(conn, &format!("EXPLAIN QUERY PLAN {sql}"), 3).join("; ")
+    }
+
+    /// Every query by state searches the index its comment names. SQLite takes a partial index
+    /// only when the query's WHERE implies the index's own; one that does not falls back to
+    /// reading every job of the store, which no test of results would notice.
+    #[test]
+    fn queries_by_state_search_their_index() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn, 0).unwrap();
+        for (sql, index) in [
+            (COUNT_LIVE, "jobs_queue_live"),
+            (COUNT_FINISHED, "jobs_queue_state_finished"),
+            (OLDEST_AVAILABLE, "jobs_queue_live"),
+            (IDS_LIVE, "jobs_queue_live"),
+            (IDS_FINISHED, "jobs_queue_state_finished"),
+            (IDS_FINISHED_BEFORE, "jobs_queue_state_finished"),
+        ] {
+            let plan = plan(&conn, sql);
+            assert!(
+                plan.starts_with(&format!("SEARCH jobs USING INDEX {index} "))
+                    || plan.starts_with(&format!("SEARCH jobs USING COVERING INDEX {index} ")),
+                "{sql}\n  plan: {plan}"
+            );
+            assert!(
+                !plan.contains("TEMP B-TREE"),
+                "a sort: {sql}\n  plan: {plan}"
+            );
+        }
+    }
+
+    /// Index entries an UPDATE statement may delete and insert (`IdxDelete`, `IdxInsert`).
+    fn index_writes(conn: &rusqlite::Connection, sql: &str) -> usize {
+        column(conn, &format!("EXPLAIN {sql}"), 1)
+            .iter()
+            .filter(|op| *op == "IdxDelete" || *op == "IdxInsert")
+            .count()
+    }
+
+    /// A change that keeps `finished_at` (a lease, a heartbeat, a retry's wait) may write only
+    /// the index keyed by state, `jobs_queue_state_finished` (and only for a finished job, so in
+    /// practice not at all); `UPDATE_JOB` writes `jobs_queue_live` too.
+    #[test]
+    fn an_update_that_keeps_the_finish_leaves_the_live_index_alone() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn, 0).unwrap();
+        assert_eq!(index_writes(&conn, UPDATE_JOB), 4);
+        assert_eq!(index_writes(&conn, UPDATE_JOB_SAME_FINISH), 2);
     }
 
     /// The backoff memo gives back a value only for the very text it parsed: each step changes

@@ -12,6 +12,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_schedules.sql")),
     (4, include_str!("migrations/0004_observability.sql")),
     (5, include_str!("migrations/0005_compact_enqueued.sql")),
+    (6, include_str!("migrations/0006_live_index.sql")),
 ];
 
 /// Brings the store up to the newest schema this build knows. A store already past it was

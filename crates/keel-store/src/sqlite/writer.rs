@@ -28,8 +28,8 @@ use super::held::Held;
 use super::index::{Entry, Index};
 use super::park::{Parked, ParkedSet};
 use super::rows::{
-    EventBuffer, LOAD_JOB, LOAD_JOB_ROWID, insert_job, insert_jobs, job_from_row, update_job,
-    uuid_col,
+    EventBuffer, IDS_FINISHED, IDS_FINISHED_BEFORE, IDS_LIVE, LOAD_JOB, LOAD_JOB_ROWID, insert_job,
+    insert_jobs, job_from_row, update_job, uuid_col,
 };
 use super::schedules::{self, ArmedSet, load_armed};
 use super::sync::{Group, Syncer};
@@ -650,8 +650,8 @@ impl Writer {
                 insert_job(&self.conn, a)?;
                 self.held.put(a, self.conn.last_insert_rowid());
             }
-            (Some((_, rowid)), Some(a)) => {
-                update_job(&self.conn, a, rowid)?;
+            (Some((b, rowid)), Some(a)) => {
+                update_job(&self.conn, a, rowid, b.finished_at)?;
                 self.held.put(a, rowid);
             }
             (Some(_), None) => {
@@ -808,6 +808,17 @@ impl Writer {
 
     /// Inserts exported jobs and events as they are (see `Store::import`).
     pub(super) fn import(&mut self, jobs: Vec<Job>, events: Vec<Event>, now: Time) -> Step<()> {
+        // The indexes that find jobs by state rely on this (`rows::COUNT_LIVE`); the state
+        // machine never breaks it, a hand-edited export could.
+        if let Some(job) = jobs
+            .iter()
+            .find(|j| j.state.is_final() != j.finished_at.is_some())
+        {
+            return Ok(Err(StoreError::Conflict(format!(
+                "job {}: finished_at must be set exactly when the state is final ({})",
+                job.id, job.state
+            ))));
+        }
         for job in &jobs {
             if self.load(job.id)?.is_some() {
                 return Ok(Err(StoreError::Conflict(format!(
@@ -954,8 +965,11 @@ impl Writer {
         for (queue, state, cutoff) in plan {
             let ids: Vec<[u8; 16]> = self
                 .conn
-                .prepare_cached("SELECT id FROM jobs WHERE queue = ?1 AND state = ?2 AND finished_at IS NOT NULL AND finished_at < ?3 LIMIT ?4")?
-                .query_map(params![queue, state.as_str(), cutoff.as_millis(), RETENTION_BATCH], |r| r.get(0))?
+                .prepare_cached(IDS_FINISHED_BEFORE)?
+                .query_map(
+                    params![queue, state.as_str(), cutoff.as_millis(), RETENTION_BATCH],
+                    |r| r.get(0),
+                )?
                 .collect::<Result<_, _>>()?;
             more |= ids.len() as i64 == RETENTION_BATCH;
             for id in ids {
@@ -1024,6 +1038,9 @@ impl Writer {
         Ok(Ok(()))
     }
 
+    /// Ids of `queue`'s jobs in `state`: unfinished ones oldest first, finished ones earliest
+    /// finished first (the order of the index each is found through, `rows::IDS_LIVE`,
+    /// `rows::IDS_FINISHED`).
     fn ids_in_state(
         &self,
         queue: &str,
@@ -1031,9 +1048,11 @@ impl Writer {
         kind: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Uuid>, Fatal> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id FROM jobs WHERE queue = ?1 AND state = ?2 AND (?3 IS NULL OR kind = ?3) ORDER BY id LIMIT ?4",
-        )?;
+        let mut stmt = self.conn.prepare_cached(if state.is_final() {
+            IDS_FINISHED
+        } else {
+            IDS_LIVE
+        })?;
         let ids = stmt
             .query_map(params![queue, state.as_str(), kind, limit as i64], |r| {
                 uuid_col(r, 0)
