@@ -236,6 +236,22 @@ where
 }
 
 /// The audit data of a replay of `filter` that moved `replayed` jobs.
+/// Jobs given to `Store::import` keep the state machine's rule that `finished_at` is set exactly
+/// when the state is final: both stores find finished jobs by it (SQLite's indexes by state,
+/// `sqlite/rows.rs`). Only a hand-edited export can break it.
+pub(crate) fn check_importable(jobs: &[Job]) -> Result<(), StoreError> {
+    match jobs
+        .iter()
+        .find(|j| j.state.is_final() != j.finished_at.is_some())
+    {
+        Some(job) => Err(StoreError::Conflict(format!(
+            "job {}: finished_at must be set exactly when the state is final ({})",
+            job.id, job.state
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn replay_audit(filter: &ReplayFilter, replayed: u64) -> serde_json::Value {
     serde_json::json!({"state": filter.state, "kind": filter.kind, "limit": filter.limit, "replayed": replayed})
 }

@@ -2217,5 +2217,17 @@ pub mod cases {
                 .unwrap()
                 .is_none_or(|q| q.counts == crate::Counts::default())
         );
+        // Nor does importing a job whose finish time disagrees with its state: the stores find
+        // finished jobs by it.
+        for (state, finished_at) in [(State::Completed, None), (State::Available, Some(T0))] {
+            let mut odd = job("y").into_job(uuid::Uuid::now_v7(), &config, T0);
+            (odd.state, odd.finished_at) = (state, finished_at);
+            let refused = store.import(vec![odd.clone()], vec![], T0).await;
+            assert!(
+                matches!(refused, Err(StoreError::Conflict(_))),
+                "{refused:?}"
+            );
+            assert!(store.get_job(odd.id).await.unwrap().is_none());
+        }
     }
 }

@@ -787,6 +787,7 @@ pub(super) async fn import(
     events: &[keel_core::Event],
     now: Time,
 ) -> Result<(), PgError> {
+    crate::rules::check_importable(jobs)?;
     let tx = c.transaction().await?;
     let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
     if let Some(r) = query(

@@ -808,16 +808,8 @@ impl Writer {
 
     /// Inserts exported jobs and events as they are (see `Store::import`).
     pub(super) fn import(&mut self, jobs: Vec<Job>, events: Vec<Event>, now: Time) -> Step<()> {
-        // The indexes that find jobs by state rely on this (`rows::COUNT_LIVE`); the state
-        // machine never breaks it, a hand-edited export could.
-        if let Some(job) = jobs
-            .iter()
-            .find(|j| j.state.is_final() != j.finished_at.is_some())
-        {
-            return Ok(Err(StoreError::Conflict(format!(
-                "job {}: finished_at must be set exactly when the state is final ({})",
-                job.id, job.state
-            ))));
+        if let Err(e) = crate::rules::check_importable(&jobs) {
+            return Ok(Err(e));
         }
         for job in &jobs {
             if self.load(job.id)?.is_some() {
