@@ -888,6 +888,12 @@ pub mod cases {
         one(&*store, complete(ids[0], &leased[0].token), T0.plus_ms(1))
             .await
             .unwrap();
+        let q = store.queue("q", T0.plus_ms(10)).await.unwrap().unwrap();
+        assert_eq!(
+            (q.counts.available, q.oldest_available_age_ms),
+            (2, Some(10)),
+            "two jobs due at T0 wait"
+        );
         store
             .cancel(ids[3], Scope::All, T0.plus_ms(2))
             .await
@@ -896,6 +902,8 @@ pub mod cases {
             .cancel(ids[2], Scope::All, T0.plus_ms(3))
             .await
             .unwrap();
+        let q = store.queue("q", T0.plus_ms(10)).await.unwrap().unwrap();
+        assert_eq!(q.oldest_available_age_ms, None, "none waits");
         let counts = |store: std::sync::Arc<dyn Store>| async move {
             store.queue("q", T0).await.unwrap().unwrap().counts
         };

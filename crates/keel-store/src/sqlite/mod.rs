@@ -34,8 +34,8 @@ use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use self::rows::{
-    COUNT_FINISHED, COUNT_LIVE, EVENT_COLUMNS, JOB_COLUMNS, OLDEST_AVAILABLE, SELECT_JOB,
-    event_from_row, job_from_row, state_col,
+    COUNT_FINISHED, COUNT_LIVE, EVENT_COLUMNS, JOB_COLUMNS, SELECT_JOB, event_from_row,
+    job_from_row, state_col,
 };
 use self::writer::{JobCommand, Request, Step, Writer, answer};
 use crate::types::{
@@ -221,9 +221,9 @@ impl SqliteStore {
                 // Unfinished and finished jobs are counted through their own indexes
                 // (`jobs_queue_live`, `jobs_queue_state_finished`; `finished_at` is set exactly
                 // when a job is finished).
-                let live: [i64; 3] = conn
+                let (live, oldest): ([i64; 3], Option<i64>) = conn
                     .prepare_cached(COUNT_LIVE)?
-                    .query_row([&q.name], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?]))?;
+                    .query_row([&q.name], |r| Ok(([r.get(0)?, r.get(1)?, r.get(2)?], r.get(3)?)))?;
                 for (state, n) in [State::Scheduled, State::Available, State::Running].into_iter().zip(live) {
                     q.counts.add(state, n.max(0) as u64);
                 }
@@ -233,9 +233,6 @@ impl SqliteStore {
                     let (state, n) = row?;
                     q.counts.add(state, n.max(0) as u64);
                 }
-                let oldest: Option<i64> = conn
-                    .prepare_cached(OLDEST_AVAILABLE)?
-                    .query_row([&q.name], |r| r.get(0))?;
                 q.oldest_available_age_ms = oldest.map(|t| now.millis_since(Time::from_millis(t)).max(0));
             }
             Ok(queues)

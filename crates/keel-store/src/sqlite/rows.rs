@@ -44,17 +44,16 @@ const UPDATE_JOB_SAME_FINISH: &str = "UPDATE jobs SET state = ?2, attempt = ?3, 
 /// SQLite uses a partial index only for a query whose WHERE names its condition, so each of these
 /// does; `tests::queries_by_state_search_their_index` holds every one to its plan.
 ///
-/// Counts of a queue's unfinished jobs: scheduled, available, running. One pass with a count
-/// per state: `GROUP BY state` would sort every row, since this index is not in state order.
+/// Counts of a queue's unfinished jobs (scheduled, available, running) and when its
+/// longest-waiting available job became due, in one pass over them: `GROUP BY state` would sort
+/// every row, since this index is not in state order.
 pub(crate) const COUNT_LIVE: &str = "SELECT count(*) FILTER (WHERE state = 'scheduled'), \
-    count(*) FILTER (WHERE state = 'available'), count(*) FILTER (WHERE state = 'running') \
+    count(*) FILTER (WHERE state = 'available'), count(*) FILTER (WHERE state = 'running'), \
+    min(run_at) FILTER (WHERE state = 'available') \
     FROM jobs WHERE queue = ?1 AND finished_at IS NULL";
 /// Counts of a queue's finished jobs by state.
 pub(crate) const COUNT_FINISHED: &str =
     "SELECT state, count(*) FROM jobs WHERE queue = ?1 AND finished_at IS NOT NULL GROUP BY state";
-/// When a queue's longest-waiting available job became due.
-pub(crate) const OLDEST_AVAILABLE: &str = "SELECT min(run_at) FROM jobs WHERE queue = ?1 \
-    AND finished_at IS NULL AND state = 'available'";
 /// Ids of a queue's unfinished jobs in one state (?2), optionally of one kind (?3), oldest first.
 pub(crate) const IDS_LIVE: &str = "SELECT id FROM jobs WHERE queue = ?1 AND finished_at IS NULL \
     AND state = ?2 AND (?3 IS NULL OR kind = ?3) ORDER BY id LIMIT ?4";
@@ -570,7 +569,6 @@ mod tests {
         for (sql, index) in [
             (COUNT_LIVE, "jobs_queue_live"),
             (COUNT_FINISHED, "jobs_queue_state_finished"),
-            (OLDEST_AVAILABLE, "jobs_queue_live"),
             (IDS_LIVE, "jobs_queue_live"),
             (IDS_FINISHED, "jobs_queue_state_finished"),
             (IDS_FINISHED_BEFORE, "jobs_queue_state_finished"),
