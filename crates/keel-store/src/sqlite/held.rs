@@ -4,15 +4,13 @@
 //! ack's alone was ~12% of the writer's time under drain load (docs/performance.md).
 //!
 //! Invariants:
-//! - A copy equals its job's row in the writer's current transaction. Copies are put by
-//!   `Writer::save`, after the row is written, or offered by the read-ahead (`ahead.rs` says why
-//!   its copies are current), and only the writer writes job rows; whoever
+//! - A copy equals its job's row in the writer's current transaction. Copies are put only by
+//!   `Writer::save`, after the row is written, and only the writer writes job rows; whoever
 //!   changes a job takes its copy out first (`take`), so a change that is refused or fails leaves
 //!   no copy behind, and a group that fails clears every copy with the rest of the writer's
 //!   memory (`Writer::reload`). Readers never see copies: they read committed rows.
-//! - Kept are running jobs, whose next change (ack, heartbeat, expiry) is close, and available
-//!   jobs next in line for a lease, read ahead by `ahead.rs` under its own guard (`offer`); not
-//!   a job waiting hours for a retry, which would hold room that work in flight could use.
+//! - Only running jobs are kept: their next change (ack, heartbeat, expiry) is close, and a job
+//!   waiting hours for a retry would otherwise hold room that work in flight could use.
 //! - A copy's rowid is its row's: rows keep their rowid for life (an `UPDATE` keeps it, nothing
 //!   renumbers them: no `VACUUM` runs on a live store), and `update_job` checks the id on the row
 //!   it finds, so a wrong one would fail the group instead of changing another job.
@@ -69,24 +67,6 @@ impl Held {
         }
         self.bytes += cost;
         self.jobs.insert(job.id, (job.clone(), rowid, cost));
-    }
-
-    /// Keeps `job`, read ahead for a lease, if it is available, not already kept, and fits.
-    pub(super) fn offer(&mut self, job: Job, rowid: i64) {
-        if job.state != State::Available || self.jobs.contains_key(&job.id) {
-            return;
-        }
-        let cost = cost(&job);
-        if self.bytes + cost > self.limit {
-            return;
-        }
-        self.bytes += cost;
-        self.jobs.insert(job.id, (job, rowid, cost));
-    }
-
-    /// Whether a copy of `id` is kept.
-    pub(super) fn has(&self, id: &Uuid) -> bool {
-        self.jobs.contains_key(id)
     }
 
     /// Forgets the copy of `id` (its row was deleted).
@@ -156,39 +136,6 @@ mod tests {
             );
             assert_eq!(held.bytes, 0);
         }
-    }
-
-    /// Read-ahead copies: only of available jobs, never over a copy already kept (which is at
-    /// least as new), within the same budget; the lease's `take` hands them out like the rest.
-    #[test]
-    fn copies_read_ahead_are_kept_only_for_available_jobs() {
-        let mut held = Held::default();
-        let mut running = job(1, 10);
-        held.offer(running.clone(), 1);
-        assert!(!held.has(&running.id), "a running job is not read ahead");
-        running.state = State::Available;
-        held.offer(running.clone(), 1);
-        assert!(held.has(&running.id));
-        let mut older = running.clone();
-        older.attempt = 9;
-        held.offer(older, 2);
-        assert_eq!(
-            held.take(running.id).map(|(j, rowid)| (j.attempt, rowid)),
-            Some((running.attempt, 1)),
-            "an offer does not replace a copy"
-        );
-        let one = cost(&job(0, 1_000));
-        let mut small = Held::with_limit(one);
-        let mut a = job(2, 1_000);
-        a.state = State::Available;
-        let mut b = job(3, 1_000);
-        b.state = State::Available;
-        small.offer(a.clone(), 2);
-        small.offer(b.clone(), 3);
-        assert!(
-            small.has(&a.id) && !small.has(&b.id),
-            "only what fits is kept"
-        );
     }
 
     #[test]

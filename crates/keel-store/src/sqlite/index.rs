@@ -121,14 +121,6 @@ impl Index {
         self.ready.get(queue)?.first().map(|(_, _, id)| *id)
     }
 
-    /// The available jobs of `queue` in hand-out order.
-    pub fn ready_ids(&self, queue: &str) -> impl Iterator<Item = Uuid> + '_ {
-        self.ready
-            .get(queue)
-            .into_iter()
-            .flat_map(|set| set.iter().map(|(_, _, id)| *id))
-    }
-
     pub fn running(&self, queue: &str) -> u32 {
         self.running.get(queue).copied().unwrap_or(0)
     }

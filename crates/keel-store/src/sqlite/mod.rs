@@ -6,7 +6,6 @@
 //! and since writes answer only after commit, a read that follows an acknowledged write sees it.
 
 mod access;
-mod ahead;
 pub mod backup;
 mod checkpoint;
 mod enqueued;
@@ -19,7 +18,6 @@ mod schema;
 mod sync;
 mod writer;
 
-pub use self::ahead::AheadHook;
 pub use self::sync::SyncHook;
 
 use std::path::{Path, PathBuf};
@@ -56,10 +54,6 @@ pub struct SqliteConfig {
     /// Runs before each fsync of the WAL (`sync.rs`); for tests that hold one back or fail it.
     #[doc(hidden)]
     pub sync_hook: Option<SyncHook>,
-    /// Runs on the read-ahead thread before it hands back rows (`ahead.rs`); for tests that
-    /// hold them back until a job has changed.
-    #[doc(hidden)]
-    pub ahead_hook: Option<AheadHook>,
 }
 
 impl SqliteConfig {
@@ -69,7 +63,6 @@ impl SqliteConfig {
             defaults: QueueConfig::default(),
             idempotency_ttl_ms: 24 * 3_600_000,
             sync_hook: None,
-            ahead_hook: None,
         }
     }
 
@@ -113,7 +106,7 @@ impl SqliteStore {
         let healthy = Arc::new(AtomicBool::new(true));
         let (checkpointer, nudge) = checkpoint::start(&path)?;
         let (syncer, to_syncer) = sync::start(&path, healthy.clone(), config.sync_hook.clone())?;
-        let mut writer = Writer::new(
+        let writer = Writer::new(
             conn,
             config.defaults.clone(),
             config.idempotency_ttl_ms,
@@ -122,7 +115,6 @@ impl SqliteStore {
             nudge,
             to_syncer,
         )?;
-        writer.read_ahead(ahead::Ahead::start(&path, config.ahead_hook.clone())?);
         let (requests, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("keel-writer".into())
@@ -761,7 +753,7 @@ impl ReadPool {
     }
 }
 
-pub(super) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY

@@ -23,7 +23,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-use super::ahead::Ahead;
 use super::checkpoint::{Nudge, writer_fallback_pages};
 use super::held::Held;
 use super::index::{Entry, Index};
@@ -177,18 +176,7 @@ pub(crate) struct Writer {
     /// Where each group's answers wait for its fsync (`sync.rs`); after a failed fsync every
     /// later group is refused.
     syncer: Syncer,
-    /// Reads the rows of jobs next in line for a lease (`ahead.rs`).
-    ahead: Option<Ahead>,
-    /// Jobs asked for and not changed since, with the number of the ask.
-    asked: HashMap<Uuid, u64>,
-    /// The number of the latest ask.
-    ask_no: u64,
-    /// Jobs handed out in this group, per queue: how far ahead to ask after it commits.
-    leased_now: HashMap<String, usize>,
 }
-
-/// The most jobs asked for ahead per queue after a group.
-const AHEAD_MAX: usize = 1_000;
 
 impl Writer {
     pub(crate) fn new(
@@ -235,26 +223,15 @@ impl Writer {
             events: EventBuffer::default(),
             checkpoint,
             syncer,
-            ahead: None,
-            asked: HashMap::new(),
-            ask_no: 0,
-            leased_now: HashMap::new(),
         };
         writer.reload().map_err(|f| f.0)?;
         Ok(writer)
-    }
-
-    /// Lets the writer's leases take rows read ahead by `ahead` (`ahead.rs`).
-    pub(crate) fn read_ahead(&mut self, ahead: Ahead) {
-        self.ahead = Some(ahead);
     }
 
     /// Rebuilds the in-memory state from disk (at start, and after a failed commit).
     fn reload(&mut self) -> Result<(), Fatal> {
         self.queues.clear();
         self.held.clear();
-        self.asked.clear();
-        self.leased_now.clear();
         self.new_rows.clear();
         let mut stmt = self
             .conn
@@ -385,7 +362,6 @@ impl Writer {
                 if wrote {
                     self.checkpoint.after_commit();
                 }
-                self.ask_ahead();
                 // Something became due sooner: the timer loop must re-plan its sleep.
                 let due_after = self.next_due();
                 self.wake |= due_after.is_some_and(|a| due_before.is_none_or(|b| a < b));
@@ -668,10 +644,6 @@ impl Writer {
         let Some(id) = before.map(|(j, _)| j).or(after).map(|j| j.id) else {
             return Ok(());
         };
-        // A copy read ahead before this change would be stale (`ahead.rs`).
-        if !self.asked.is_empty() {
-            self.asked.remove(&id);
-        }
         self.flush_rows()?;
         match (before, after) {
             (None, Some(a)) => {
@@ -863,126 +835,59 @@ impl Writer {
     fn lease(&mut self, req: &LeaseRequest, now: Time) -> Step<Vec<LeasedJob>> {
         // Jobs due now are leasable now, however late the timer is.
         self.promote_due(now)?;
-        self.take_arrivals();
         let mut out = Vec::new();
         for queue in &req.queues {
-            let before = out.len();
-            self.lease_from(queue, req, now, &mut out)?;
-            if out.len() > before {
-                *self.leased_now.entry(queue.clone()).or_default() += out.len() - before;
+            let Some(q) = self.queues.get(queue) else {
+                continue;
+            };
+            if q.paused {
+                continue;
             }
-        }
-        Ok(Ok(out))
-    }
-
-    /// Copies read ahead that came back: kept if their job was not changed since it was asked
-    /// for (`ahead.rs`).
-    fn take_arrivals(&mut self) {
-        let Some(ahead) = &self.ahead else {
-            return;
-        };
-        while let Some((no, copies)) = ahead.arrived() {
-            for (job, rowid) in copies {
-                if self.asked.get(&job.id) == Some(&no) {
-                    self.asked.remove(&job.id);
-                    self.held.offer(job, rowid);
+            let concurrency = q.config.concurrency;
+            let rate = q.config.rate_limit;
+            while out.len() < req.max_jobs {
+                if concurrency.is_some_and(|c| self.index.running(queue) >= c) {
+                    break;
+                }
+                let Some(id) = self.index.next_ready(queue) else {
+                    break;
+                };
+                if let (Some(limit), Some(bucket)) = (
+                    rate,
+                    self.queues.get_mut(queue).and_then(|q| q.bucket.as_mut()),
+                ) && bucket.take(&limit, 1, now) == 0
+                {
+                    // Over its rate: hand out nothing more, and wake waiters when a token is due.
+                    let at = bucket.next_token_at(&limit);
+                    self.rate_wake = Some(self.rate_wake.map_or(at, |w| w.min(at)));
+                    break;
+                }
+                let Some((job, rowid)) = self.take(id)? else {
+                    return Err(Fatal(StoreError::Internal(format!(
+                        "ready index names missing job {id}"
+                    ))));
+                };
+                let token = self
+                    .tokens
+                    .next_token()
+                    .map_err(|e| Fatal(StoreError::no_token(e)))?;
+                let cmd = Command::Lease {
+                    token_hash: token_hash(&token),
+                    lease_ms: req.lease_ms.unwrap_or(job.timeout_ms),
+                    worker: req.worker.clone(),
+                };
+                let (next, events) = step(&job, &cmd, now).map_err(|e| {
+                    Fatal(StoreError::Internal(format!(
+                        "ready index out of step for {id}: {e}"
+                    )))
+                })?;
+                self.save(Some((&job, rowid)), next.as_ref(), &events, now)?;
+                if let Some(job) = next {
+                    out.push(LeasedJob { job, token });
                 }
             }
         }
-    }
-
-    /// After a commit (nothing of the writer's is uncommitted), asks for the rows of the jobs
-    /// next in line in each queue leased from in the group: as many as it handed out, behind
-    /// those already asked for or kept, so they are read by the time a lease reaches them.
-    fn ask_ahead(&mut self) {
-        if self.leased_now.is_empty() {
-            return;
-        }
-        let Some(ahead) = &self.ahead else {
-            self.leased_now.clear();
-            return;
-        };
-        for (queue, leased) in self.leased_now.drain() {
-            let n = leased.min(AHEAD_MAX);
-            let ids: Vec<Uuid> = self
-                .index
-                .ready_ids(&queue)
-                .take(2 * n)
-                .filter(|id| !self.asked.contains_key(id) && !self.held.has(id))
-                .take(n)
-                .collect();
-            if ids.is_empty() {
-                continue;
-            }
-            self.ask_no += 1;
-            for id in &ids {
-                self.asked.insert(*id, self.ask_no);
-            }
-            if !ahead.ask(self.ask_no, ids) {
-                self.asked.clear();
-                return;
-            }
-        }
-    }
-
-    /// Leases from one queue into `out`, up to `req.max_jobs` in all.
-    fn lease_from(
-        &mut self,
-        queue: &str,
-        req: &LeaseRequest,
-        now: Time,
-        out: &mut Vec<LeasedJob>,
-    ) -> Result<(), Fatal> {
-        let Some(q) = self.queues.get(queue) else {
-            return Ok(());
-        };
-        if q.paused {
-            return Ok(());
-        }
-        let concurrency = q.config.concurrency;
-        let rate = q.config.rate_limit;
-        while out.len() < req.max_jobs {
-            if concurrency.is_some_and(|c| self.index.running(queue) >= c) {
-                break;
-            }
-            let Some(id) = self.index.next_ready(queue) else {
-                break;
-            };
-            if let (Some(limit), Some(bucket)) = (
-                rate,
-                self.queues.get_mut(queue).and_then(|q| q.bucket.as_mut()),
-            ) && bucket.take(&limit, 1, now) == 0
-            {
-                // Over its rate: hand out nothing more, and wake waiters when a token is due.
-                let at = bucket.next_token_at(&limit);
-                self.rate_wake = Some(self.rate_wake.map_or(at, |w| w.min(at)));
-                break;
-            }
-            let Some((job, rowid)) = self.take(id)? else {
-                return Err(Fatal(StoreError::Internal(format!(
-                    "ready index names missing job {id}"
-                ))));
-            };
-            let token = self
-                .tokens
-                .next_token()
-                .map_err(|e| Fatal(StoreError::no_token(e)))?;
-            let cmd = Command::Lease {
-                token_hash: token_hash(&token),
-                lease_ms: req.lease_ms.unwrap_or(job.timeout_ms),
-                worker: req.worker.clone(),
-            };
-            let (next, events) = step(&job, &cmd, now).map_err(|e| {
-                Fatal(StoreError::Internal(format!(
-                    "ready index out of step for {id}: {e}"
-                )))
-            })?;
-            self.save(Some((&job, rowid)), next.as_ref(), &events, now)?;
-            if let Some(job) = next {
-                out.push(LeasedJob { job, token });
-            }
-        }
-        Ok(())
+        Ok(Ok(out))
     }
 
     fn promote_due(&mut self, now: Time) -> Result<(), Fatal> {
