@@ -22,7 +22,7 @@ pub mod testing;
 
 pub use error::StoreError;
 pub use postgres::{PgConfig, PgStore};
-pub use sqlite::{SqliteConfig, SqliteStore, SyncHook};
+pub use sqlite::{GROUPS_AHEAD, SqliteConfig, SqliteStore, SyncHook};
 pub use types::{
     Actor, AuditEntry, Counts, DeliveryReport, Enqueued, JobFilter, JobPage, LeaseRequest,
     LeasedJob, Outcome, OutcomeKind, QueueInfo, ReplayFilter, RunOutcome, SCHEDULE_RUNS_KEPT,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use keel_store::testing::{T0, job};
-use keel_store::{SqliteConfig, SqliteStore, Store, StoreError, SyncHook};
+use keel_store::{GROUPS_AHEAD, SqliteConfig, SqliteStore, Store, StoreError, SyncHook};
 
 /// Holds every fsync back while closed; counts the syncs that reached it.
 #[derive(Default)]
@@ -136,13 +136,28 @@ async fn the_writer_commits_the_next_group_while_a_sync_runs() {
     let gate = Arc::new(Gate::default());
     let store = open(dir.path(), &gate);
     let first = held_enqueue(&gate, &store, job("q")).await;
-    // With the first group's fsync held, the writer is free: a second group commits, and its
-    // answer waits for a sync of its own, after the first.
-    let second = committed_enqueue(dir.path(), &store, job("q")).await;
-    assert!(!second.is_finished());
+    // With the first group's fsync held, the writer is free: `GROUPS_AHEAD` more groups commit,
+    // and their answers wait for syncs of their own, after the first.
+    let mut behind = Vec::new();
+    for _ in 0..GROUPS_AHEAD {
+        behind.push(committed_enqueue(dir.path(), &store, job("q")).await);
+    }
+    // No further: the next group waits for the disk, uncommitted.
+    let wal = dir.path().join("keel.db-wal");
+    let before = std::fs::read(&wal).unwrap();
+    let waiting = enqueue(&store, job("q"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        std::fs::read(&wal).unwrap() == before,
+        "the writer ran more than GROUPS_AHEAD groups ahead of the disk"
+    );
+    assert!(behind.iter().all(|b| !b.is_finished()));
     gate.set_closed(false);
     first.await.unwrap().unwrap();
-    second.await.unwrap().unwrap();
+    for b in behind {
+        b.await.unwrap().unwrap();
+    }
+    waiting.await.unwrap().unwrap();
     store.close().await.unwrap();
 }
 
@@ -231,10 +246,13 @@ async fn a_group_reads_the_rows_its_own_small_enqueues_left_waiting() {
     let dir = tempfile::tempdir().unwrap();
     let gate = Arc::new(Gate::default());
     let store = open(dir.path(), &gate);
-    // Group A's fsync is held; group B commits behind it, and the writer then waits for the
-    // disk, so everything sent after B gathers into one group.
+    // Group A's fsync is held; `GROUPS_AHEAD` groups commit behind it, and the writer then
+    // waits for the disk, so everything sent after them gathers into one group.
     let a = held_enqueue(&gate, &store, job("other")).await;
-    let b = committed_enqueue(dir.path(), &store, job("other")).await;
+    let mut behind = Vec::new();
+    for _ in 0..GROUPS_AHEAD {
+        behind.push(committed_enqueue(dir.path(), &store, job("other")).await);
+    }
     let pause = Duration::from_millis(30);
     let created = enqueue(&store, keyed("k"));
     tokio::time::sleep(pause).await;
@@ -254,7 +272,9 @@ async fn a_group_reads_the_rows_its_own_small_enqueues_left_waiting() {
     gate.set_closed(false);
 
     a.await.unwrap().unwrap();
-    b.await.unwrap().unwrap();
+    for b in behind {
+        b.await.unwrap().unwrap();
+    }
     let created = created.await.unwrap().unwrap();
     let replay = replay.await.unwrap().unwrap();
     let leased = lease.await.unwrap().unwrap();

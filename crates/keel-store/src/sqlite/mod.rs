@@ -18,7 +18,7 @@ mod schema;
 mod sync;
 mod writer;
 
-pub use self::sync::SyncHook;
+pub use self::sync::{GROUPS_AHEAD, SyncHook};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
