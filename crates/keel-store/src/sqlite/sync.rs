@@ -87,7 +87,7 @@ pub(crate) struct Syncer {
 
 /// Groups the writer may have committed and not yet heard are on disk when it starts the next.
 /// One kept the writer idle while a sync ran with requests waiting; two gave single enqueues
-/// +3-30% (median +7%) and batches +7-15% in alternated runs, three no more than two
+/// +3-31% (median +6%) and batches +6-16% in alternated runs, three no more than two
 /// (docs/performance.md, 2026-12-07 late). `tests/sqlite_sync.rs` builds its groups on it.
 #[doc(hidden)]
 pub const GROUPS_AHEAD: usize = 2;
