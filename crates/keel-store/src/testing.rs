@@ -275,6 +275,12 @@ pub mod cases {
     use crate::StoreError;
     use keel_core::TransitionError;
 
+    /// Enqueues `jobs` at `now`; their ids, in order.
+    async fn enqueued_ids(store: &dyn Store, jobs: Vec<NewJob>, now: Time) -> Vec<uuid::Uuid> {
+        let done = store.enqueue(jobs, now).await.unwrap();
+        done.iter().map(|e| e.job.id).collect()
+    }
+
     async fn one(
         store: &dyn Store,
         outcome: Outcome,
@@ -813,13 +819,7 @@ pub mod cases {
         let store = h.open().await;
         let mut j = job("q");
         j.max_attempts = Some(1);
-        let ids: Vec<_> = store
-            .enqueue(vec![j.clone(), j.clone(), j], T0)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.job.id)
-            .collect();
+        let ids: Vec<_> = enqueued_ids(&*store, vec![j.clone(), j.clone(), j], T0).await;
         for l in store.lease(lease_req(&["q"], 3), T0).await.unwrap() {
             one(&*store, fail(l.job.id, &l.token, true, None), T0)
                 .await
@@ -873,13 +873,12 @@ pub mod cases {
         let store = h.open().await;
         let mut later = job("q");
         later.when = When::Delay(3_600_000);
-        let ids: Vec<_> = store
-            .enqueue(vec![job("q"), job("q"), job("q"), job("q"), later], T0)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.job.id)
-            .collect();
+        let ids: Vec<_> = enqueued_ids(
+            &*store,
+            vec![job("q"), job("q"), job("q"), job("q"), later],
+            T0,
+        )
+        .await;
         let leased = store.lease(lease_req(&["q"], 2), T0).await.unwrap();
         assert_eq!(
             leased.iter().map(|l| l.job.id).collect::<Vec<_>>(),
@@ -947,13 +946,7 @@ pub mod cases {
 
     pub async fn purge_removes_jobs_and_records_it(h: &dyn Harness) {
         let store = h.open().await;
-        let ids: Vec<_> = store
-            .enqueue(vec![job("q"), job("q"), job("q")], T0)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.job.id)
-            .collect();
+        let ids: Vec<_> = enqueued_ids(&*store, vec![job("q"), job("q"), job("q")], T0).await;
         store.cancel(ids[0], Scope::All, T0).await.unwrap();
         assert_eq!(
             store.purge("q", State::Available, &op(), T0).await.unwrap(),
@@ -1001,13 +994,7 @@ pub mod cases {
             )
             .await
             .unwrap();
-        let ids: Vec<_> = store
-            .enqueue(vec![job("q"), job("q"), job("q")], T0)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.job.id)
-            .collect();
+        let ids: Vec<_> = enqueued_ids(&*store, vec![job("q"), job("q"), job("q")], T0).await;
         let leased = store.lease(lease_req(&["q"], 2), T0).await.unwrap();
         one(&*store, complete(leased[0].job.id, &leased[0].token), T0)
             .await
@@ -1168,13 +1155,7 @@ pub mod cases {
         delayed.when = When::Delay(1_000);
         let mut high = job("q");
         high.priority = 10;
-        let ids: Vec<_> = store
-            .enqueue(vec![job("q"), job("q"), delayed, high], T0)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.job.id)
-            .collect();
+        let ids: Vec<_> = enqueued_ids(&*store, vec![job("q"), job("q"), delayed, high], T0).await;
         let mut req = lease_req(&["q"], 1);
         req.lease_ms = Some(5_000);
         let leased = store.lease(req, T0).await.unwrap().remove(0);
