@@ -220,7 +220,7 @@ fn bind_job(
 /// `prepare_cached` (rusqlite clears the bindings of a statement as it goes back into the
 /// cache, and a new one starts with none) that has not been bound since. A new job's row and
 /// each change of a job carry 3-9 NULLs of 12-23 values, and binding one cost ~120
-/// instructions: ~5% of the writer's work per batched job (docs/performance.md).
+/// instructions: 3.6% of the writer's work per batched job (docs/performance.md).
 /// `rows::tests::null_values_left_unbound_read_back_as_null` fails if the precondition stops
 /// holding.
 fn bind_set(
