@@ -235,7 +235,6 @@ where
     Ok(total)
 }
 
-/// The audit data of a replay of `filter` that moved `replayed` jobs.
 /// Jobs given to `Store::import` keep the state machine's rule that `finished_at` is set exactly
 /// when the state is final: both stores find finished jobs by it (SQLite's indexes by state,
 /// `sqlite/rows.rs`). Only a hand-edited export can break it.
@@ -252,6 +251,7 @@ pub(crate) fn check_importable(jobs: &[Job]) -> Result<(), StoreError> {
     }
 }
 
+/// The audit data of a replay of `filter` that moved `replayed` jobs.
 pub(crate) fn replay_audit(filter: &ReplayFilter, replayed: u64) -> serde_json::Value {
     serde_json::json!({"state": filter.state, "kind": filter.kind, "limit": filter.limit, "replayed": replayed})
 }
