@@ -93,11 +93,17 @@ impl Job {
     }
 }
 
-/// Whether `s` can stand inside a JSON string as it is: no control byte, quote or backslash.
+/// Whether byte `b` must be escaped inside a JSON string: a control byte, a quote or a backslash.
+#[inline]
+pub fn json_byte_needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// Whether `s` can stand inside a JSON string as it is (no byte `json_byte_needs_escape`).
 pub fn json_str_is_plain(s: &str) -> bool {
     // No short circuit, so the check compiles to a vector loop.
     s.bytes()
-        .fold(true, |ok, b| ok & (b >= 0x20 && b != b'"' && b != b'\\'))
+        .fold(true, |ok, b| ok & !json_byte_needs_escape(b))
 }
 
 /// Appends `s` as a JSON string: as it is when nothing in it needs escaping (the usual case),

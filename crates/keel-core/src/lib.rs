@@ -21,7 +21,7 @@ pub use access::{Role, Scope};
 pub use backoff::Backoff;
 pub use event::{DeadReason, Event, EventData, apply, project};
 pub use job::{Job, JobError, Json, Lease, NewJob, State, When};
-pub use job_json::{json_str_is_plain, write_json_str, write_json_value};
+pub use job_json::{json_byte_needs_escape, json_str_is_plain, write_json_str, write_json_value};
 pub use queue::{
     BreakerConfig, QueueConfig, QueueOverrides, RateLimit, Retention, Target, TokenBucket,
 };

@@ -96,6 +96,20 @@ async fn committed_enqueue(
     answer
 }
 
+/// With a sync held at the gate: `GROUPS_AHEAD` enqueues into `queue`, each committed as a
+/// group of its own, the most the writer runs ahead of the disk.
+async fn committed_behind(
+    dir: &std::path::Path,
+    store: &Arc<SqliteStore>,
+    queue: &str,
+) -> Vec<Answer> {
+    let mut behind = Vec::new();
+    for _ in 0..GROUPS_AHEAD {
+        behind.push(committed_enqueue(dir, store, job(queue)).await);
+    }
+    behind
+}
+
 fn keyed(key: &str) -> keel_core::NewJob {
     let mut j = job("q");
     j.idempotency_key = Some(key.to_owned());
@@ -138,10 +152,7 @@ async fn the_writer_commits_the_next_group_while_a_sync_runs() {
     let first = held_enqueue(&gate, &store, job("q")).await;
     // With the first group's fsync held, the writer is free: `GROUPS_AHEAD` more groups commit,
     // and their answers wait for syncs of their own, after the first.
-    let mut behind = Vec::new();
-    for _ in 0..GROUPS_AHEAD {
-        behind.push(committed_enqueue(dir.path(), &store, job("q")).await);
-    }
+    let behind = committed_behind(dir.path(), &store, "q").await;
     // No further: the next group waits for the disk, uncommitted.
     let wal = dir.path().join("keel.db-wal");
     let before = std::fs::read(&wal).unwrap();
@@ -249,10 +260,7 @@ async fn a_group_reads_the_rows_its_own_small_enqueues_left_waiting() {
     // Group A's fsync is held; `GROUPS_AHEAD` groups commit behind it, and the writer then
     // waits for the disk, so everything sent after them gathers into one group.
     let a = held_enqueue(&gate, &store, job("other")).await;
-    let mut behind = Vec::new();
-    for _ in 0..GROUPS_AHEAD {
-        behind.push(committed_enqueue(dir.path(), &store, job("other")).await);
-    }
+    let behind = committed_behind(dir.path(), &store, "other").await;
     let pause = Duration::from_millis(30);
     let created = enqueue(&store, keyed("k"));
     tokio::time::sleep(pause).await;

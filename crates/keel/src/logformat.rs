@@ -251,7 +251,7 @@ fn escape(out: &mut String, text: &str) {
     }
     let mut plain = 0;
     for (i, b) in text.bytes().enumerate() {
-        if !needs_escape(b) {
+        if !keel_core::json_byte_needs_escape(b) {
             continue;
         }
         out.push_str(&text[plain..i]);
@@ -268,10 +268,6 @@ fn escape(out: &mut String, text: &str) {
         plain = i + 1;
     }
     out.push_str(&text[plain..]);
-}
-
-fn needs_escape(b: u8) -> bool {
-    b < 0x20 || b == b'"' || b == b'\\'
 }
 
 /// Escapes what is formatted through it.
