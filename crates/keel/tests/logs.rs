@@ -67,18 +67,25 @@ async fn logs_are_json_lines_with_request_and_job_ids_and_no_payloads() {
         .unwrap();
     assert_eq!(res.status(), 200);
 
-    // The lines arrive through a pipe; wait for the last ones we expect.
+    // The lines arrive through a pipe; wait for the last ones we expect. A request's "Request
+    // served." line is written as its response leaves, so it may come after the client has the
+    // response: wait for the five requests' lines too.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let lines = loop {
         let lines = k.logs.lock().unwrap().clone();
         if lines.iter().any(|l| l.contains("Outcome recorded."))
             && lines.iter().any(|l| l.contains("Jobs leased."))
+            && lines
+                .iter()
+                .filter(|l| l.contains("Request served."))
+                .count()
+                >= 5
         {
             break lines;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no outcome line: {lines:#?}"
+            "the outcome, lease and five request lines did not all arrive: {lines:#?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
