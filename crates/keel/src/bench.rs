@@ -9,7 +9,9 @@
 //!
 //! Scenarios: `floor` (see above; on the machine running the bench), `baseline` (GET /healthz),
 //! `enqueue` (one job per request), `batch` (POST
-//! /v1/jobs/batch), `drain` (pull workers: lease N, ack N in one request), `latency` (enqueue at a
+//! /v1/jobs/batch), `drain` (pull workers: lease N, ack N in one request, from a backlog queued
+//! before they start), `steady` (each connection enqueues a batch of N, then leases N and acks
+//! them: producers and workers at once, the queue near empty), `latency` (enqueue at a
 //! fixed rate; a long-polling worker measures enqueue → receive), `fsync` (the disk's own durable
 //! write, the baseline of `latency`: see [`fsync`]), `push` (keel delivers to a fast
 //! local target that answers 204: the queue is filled while paused, then resumed, and the time
@@ -42,6 +44,7 @@ pub enum Scenario {
     Enqueue,
     Batch,
     Drain,
+    Steady,
     Fsync,
     Latency,
     Push,
@@ -60,7 +63,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "floor,baseline,enqueue,batch,drain,fsync,latency,push"
+        default_value = "floor,baseline,enqueue,batch,drain,steady,fsync,latency,push"
     )]
     scenarios: Vec<Scenario>,
     /// Internal: serve the `floor` scenario's minimal HTTP server (the bench starts it as a child
@@ -449,6 +452,7 @@ pub async fn run(
             Scenario::Enqueue => enqueue(&target, &args, &queue).await,
             Scenario::Batch => batch(&target, &args, &queue).await,
             Scenario::Drain => drain(&target, &args, &queue).await?,
+            Scenario::Steady => steady(&target, &args, &queue).await,
             Scenario::Fsync => {
                 let (dir, a) = (fsync_dir.clone(), args.clone());
                 tokio::task::spawn_blocking(move || fsync(&dir, &a))
@@ -814,8 +818,8 @@ struct AckStatus {
 }
 
 /// One unit of drain work: a lease of up to `lease` jobs and one ack completing all of them.
-/// An ack item that is not 200 is an error.
-async fn lease_and_ack(t: &Target, lease_body: Bytes) -> Result<(), String> {
+/// An ack item that is not 200 is an error. Returns how many jobs were completed.
+async fn lease_and_ack(t: &Target, lease_body: Bytes) -> Result<u64, String> {
     let answer = t.post_bytes("/v1/lease", lease_body).await?;
     let leased: LeaseAnswer = serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
     if leased.jobs.is_empty() {
@@ -837,7 +841,7 @@ async fn lease_and_ack(t: &Target, lease_body: Bytes) -> Result<(), String> {
     let acked: AckAnswer = serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
     match acked.items.iter().find(|i| i.status != 200) {
         Some(i) => Err(format!("an ack item was answered {}", i.status)),
-        None => Ok(()),
+        None => Ok(acked.items.len() as u64),
     }
 }
 
@@ -854,11 +858,48 @@ async fn drain(target: &Target, args: &BenchArgs, queue: &str) -> anyhow::Result
         args.concurrency.min(32),
         move |_| {
             let (t, lease_body) = (t.clone(), lease_body.clone());
-            async move { lease_and_ack(&t, lease_body).await }
+            async move { lease_and_ack(&t, lease_body).await.map(drop) }
         },
     )
     .await;
     Ok(report(Scenario::Drain, req * 2, done, elapsed, &h, errs))
+}
+
+/// Producers and workers at once, the queue kept near empty: each unit enqueues a batch of
+/// `--lease-size` jobs, then leases up to as many and completes them in one ack. Throughput is
+/// the jobs completed per second; a lease that finds the queue already emptied by another
+/// connection completes nothing and is not an error.
+async fn steady(target: &Target, args: &BenchArgs, queue: &str) -> Report {
+    let lease = args.lease_size.clamp(1, 1_000) as u64;
+    let t = target.clone();
+    let batch = batch_body(queue, lease, args.payload_bytes);
+    let lease_body = bytes_of(&json!({"queues": [queue], "max_jobs": lease, "lease_ms": 60_000}));
+    let completed = Arc::new(AtomicU64::new(0));
+    let counted = completed.clone();
+    let (req, _, errs, elapsed, h) = closed_loop(
+        args,
+        args.jobs,
+        lease,
+        args.concurrency.min(32),
+        move |_| {
+            let (t, batch, lease_body) = (t.clone(), batch.clone(), lease_body.clone());
+            let completed = counted.clone();
+            async move {
+                t.post_bytes("/v1/jobs/batch", batch).await?;
+                match lease_and_ack(&t, lease_body).await {
+                    Ok(n) => {
+                        completed.fetch_add(n, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Err(e) if e == "the queue ran dry" => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        },
+    )
+    .await;
+    let done = completed.load(Ordering::Relaxed);
+    report(Scenario::Steady, req * 3, done, elapsed, &h, errs)
 }
 
 /// Queues `--scale-jobs` jobs, then measures the server's memory and a restart (see the module

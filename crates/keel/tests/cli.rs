@@ -680,7 +680,7 @@ fn bench_spawns_a_server_and_reports_every_scenario_against_the_baseline() {
             "--max-secs",
             "10",
             "--scenarios",
-            "floor,baseline,enqueue,batch,drain,fsync,latency,push,scale",
+            "floor,baseline,enqueue,batch,drain,steady,fsync,latency,push,scale",
             "--scale-jobs",
             "2000",
             "--json",
@@ -696,7 +696,7 @@ fn bench_spawns_a_server_and_reports_every_scenario_against_the_baseline() {
         .collect();
     let floor_rate = by["floor"]["jobs_per_sec"].as_f64().unwrap();
     for name in [
-        "floor", "baseline", "enqueue", "batch", "drain", "latency", "push",
+        "floor", "baseline", "enqueue", "batch", "drain", "steady", "latency", "push",
     ] {
         let r = by[name];
         assert_eq!(r["jobs"], 300, "{name}: {r}");

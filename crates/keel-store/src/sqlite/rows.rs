@@ -164,7 +164,11 @@ const JOB_PARAMS: usize = 23;
 
 /// Inserts new jobs' rows in multi-row statements: one statement-cache lookup and one
 /// statement per chunk instead of per job (an enqueue's rows are written when it is done).
-pub(crate) fn insert_jobs(conn: &rusqlite::Connection, jobs: &[&Job]) -> rusqlite::Result<()> {
+/// Returns each row's rowid, in the order of `jobs` (`insert_chunked`).
+pub(crate) fn insert_jobs(
+    conn: &rusqlite::Connection,
+    jobs: &[&Job],
+) -> rusqlite::Result<Vec<i64>> {
     // The jobs of a batch nearly always share their retry settings, whose text (floats) took
     // 4% of the writer's instructions when written out per job.
     let mut backoff: Option<(Backoff, String)> = None;
@@ -243,7 +247,7 @@ fn bind_set(
 
 /// Inserts a new job's row (the one-row statement of `insert_jobs`).
 pub(crate) fn insert_job(conn: &rusqlite::Connection, job: &Job) -> rusqlite::Result<()> {
-    insert_jobs(conn, &[job])
+    insert_jobs(conn, &[job]).map(drop)
 }
 
 /// Writes the mutable columns of an existing job's row, `rowid` (from `LOAD_JOB`, or kept with
@@ -374,14 +378,15 @@ fn multi_row_insert_sql(into: &str, width: usize, rows: usize) -> String {
 }
 
 /// Inserts `rows` in order, in statements of the `CHUNKS` sizes (`sqls` holds one per size);
-/// `bind` binds one row at the parameter offset given.
+/// `bind` binds one row at the parameter offset given. Returns each row's rowid, in order.
 fn insert_chunked<T>(
     conn: &rusqlite::Connection,
     rows: &[T],
     sqls: &[String; 4],
     width: usize,
     mut bind: impl FnMut(&mut rusqlite::Statement<'_>, usize, &T) -> rusqlite::Result<()>,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Vec<i64>> {
+    let mut rowids = Vec::with_capacity(rows.len());
     let mut rest = rows;
     for (size, sql) in CHUNKS.iter().zip(sqls) {
         while rest.len() >= *size {
@@ -391,10 +396,16 @@ fn insert_chunked<T>(
                 bind(&mut stmt, i * width, row)?;
             }
             stmt.raw_execute()?;
+            // SQLite inserts a statement's rows in order and, as none names its rowid, gives
+            // each one more than the largest rowid before it: the chunk's rows are the `size`
+            // rowids ending at the connection's last insert. (`update_job` checks the id on the
+            // row a rowid finds, so a wrong one could fail a group, never change another job.)
+            let last = conn.last_insert_rowid();
+            rowids.extend((0..*size as i64).rev().map(|back| last - back));
             rest = tail;
         }
     }
-    Ok(())
+    Ok(rowids)
 }
 
 static INSERT_EVENTS: std::sync::LazyLock<[String; 4]> = std::sync::LazyLock::new(|| {
@@ -440,6 +451,7 @@ impl EventBuffer {
             stmt.raw_bind_parameter(at + 3, kind)?;
             stmt.raw_bind_parameter(at + 4, body)
         })
+        .map(drop)
     }
 }
 
@@ -485,6 +497,43 @@ mod tests {
         );
         job.traceparent = None;
         job
+    }
+
+    /// The writer keeps a copy of each new job with the rowid `insert_jobs` returns and later
+    /// updates the row by that rowid (`held.rs`): each must be its row's, in every chunk size,
+    /// also after the row with the largest rowid was deleted.
+    #[test]
+    fn insert_jobs_returns_each_rows_rowid() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn, 0).unwrap();
+        let mut n = 0;
+        let mut check = |conn: &rusqlite::Connection, count: usize| {
+            let jobs: Vec<Job> = (0..count)
+                .map(|_| {
+                    n += 1;
+                    bare(n)
+                })
+                .collect();
+            let rowids = insert_jobs(conn, &jobs.iter().collect::<Vec<_>>()).unwrap();
+            assert_eq!(rowids.len(), count);
+            for (job, rowid) in jobs.iter().zip(&rowids) {
+                let found: i64 = conn
+                    .query_row(
+                        "SELECT rowid FROM jobs WHERE id = ?1",
+                        [job.id.into_bytes()],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                assert_eq!(*rowid, found, "job {n} of {count}");
+            }
+            rowids
+        };
+        check(&conn, 1);
+        // 64 + 16 + 4 + 1 + 1: every chunk size, and one size twice.
+        let rowids = check(&conn, 86);
+        conn.execute("DELETE FROM jobs WHERE rowid = ?1", [rowids[85]])
+            .unwrap();
+        check(&conn, 7);
     }
 
     /// `bind_set` leaves NULLs unbound, trusting a cached statement to come back with none

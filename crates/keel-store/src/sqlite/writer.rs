@@ -100,6 +100,9 @@ const MAX_GROUP: usize = 2_048;
 const ROWS_HELD: usize = 64;
 /// Events buffered before the writer inserts them ahead of its group's end.
 const EVENTS_HELD: usize = 4_096;
+/// A queue asked for jobs within this long is being worked: its new available jobs are likely
+/// leased soon, so the writer keeps copies of them (`Writer::lease_near`, `held.rs`).
+const ASKED_WITHIN_MS: i64 = 30_000;
 /// Jobs promoted or expired in one tick at most, so a backlog cannot stall the writer.
 const TIMER_BATCH: usize = 5_000;
 /// Finished jobs deleted per queue and state in one retention pass.
@@ -126,6 +129,9 @@ struct QueueState {
     paused: bool,
     /// The rate limit's bucket (memory only: a restart or a failed group starts it full).
     bucket: Option<TokenBucket>,
+    /// When a worker last asked this queue for jobs (a lease or a long poll; memory only). The
+    /// writer keeps copies of a queue's available jobs only while it is asked (`lease_near`).
+    asked_at: Option<Time>,
 }
 
 impl QueueState {
@@ -137,6 +143,7 @@ impl QueueState {
             config,
             paused,
             bucket,
+            asked_at: None,
         }
     }
 }
@@ -565,11 +572,19 @@ impl Writer {
     /// but an enqueue: all call this first) and before its group commits, so no read misses
     /// it and no answer leaves without it. Waiting lets a group of single enqueues insert
     /// their rows in multi-row statements, as a batch does.
+    /// The rows, once written, become the writer's copies (`held.rs`): the next change of a
+    /// new job is its lease.
     fn flush_rows(&mut self) -> Result<(), Fatal> {
         if !self.new_rows.is_empty() {
             let rows: Vec<&Job> = self.new_rows.iter().collect();
-            insert_jobs(&self.conn, &rows)?;
-            self.new_rows.clear();
+            let rowids = insert_jobs(&self.conn, &rows)?;
+            let mut new_rows = std::mem::take(&mut self.new_rows);
+            for (job, rowid) in new_rows.drain(..).zip(rowids) {
+                if self.lease_near(&job) {
+                    self.held.put_owned(job, rowid);
+                }
+            }
+            self.new_rows = new_rows;
         }
         Ok(())
     }
@@ -622,10 +637,26 @@ impl Writer {
         Ok(row.optional()?)
     }
 
+    /// Whether `job`, just written, is to be leased soon if it is available: its queue was
+    /// asked for jobs within `ASKED_WITHIN_MS`. A queue nobody works would otherwise fill the
+    /// copies' room with jobs that wait, leaving none for a queue that is worked (held.rs).
+    /// Jobs in other states are kept or not by `Held` alone.
+    fn lease_near(&self, job: &Job) -> bool {
+        job.state != State::Available
+            || self
+                .queues
+                .get(&job.queue)
+                .and_then(|q| q.asked_at)
+                .is_some_and(|at| at >= self.now_seen.plus_ms(-ASKED_WITHIN_MS))
+    }
+
     /// A job about to be changed, with its rowid: the copy kept when it was last written, or
     /// its row. The copy is taken out, so a change that is refused leaves none behind
     /// (`held.rs`).
     fn take(&mut self, id: Uuid) -> Result<Option<(Job, i64)>, Fatal> {
+        // Rows still waiting become copies when written: the lease of a job enqueued earlier in
+        // the group finds its copy.
+        self.flush_rows()?;
         match self.held.take(id) {
             Some(job) => Ok(Some(job)),
             None => self.load(id),
@@ -652,7 +683,10 @@ impl Writer {
             }
             (Some((b, rowid)), Some(a)) => {
                 update_job(&self.conn, a, rowid, b.finished_at)?;
-                self.held.put(a, rowid);
+                // `take` took out any copy before the change.
+                if self.lease_near(a) {
+                    self.held.put(a, rowid);
+                }
             }
             (Some(_), None) => {
                 self.conn
@@ -796,7 +830,12 @@ impl Writer {
         // (inserting any still waiting first). A small enqueue's rows wait for others'.
         let created: Vec<&Job> = out.iter().filter(|e| !e.replayed).map(|e| &e.job).collect();
         if created.len() >= ROWS_HELD {
-            insert_jobs(&self.conn, &created)?;
+            let rowids = insert_jobs(&self.conn, &created)?;
+            for (job, rowid) in created.into_iter().zip(rowids) {
+                if self.lease_near(job) {
+                    self.held.put(job, rowid);
+                }
+            }
         } else {
             self.new_rows.extend(created.into_iter().cloned());
             if self.new_rows.len() >= ROWS_HELD {
@@ -837,9 +876,10 @@ impl Writer {
         self.promote_due(now)?;
         let mut out = Vec::new();
         for queue in &req.queues {
-            let Some(q) = self.queues.get(queue) else {
+            let Some(q) = self.queues.get_mut(queue) else {
                 continue;
             };
+            q.asked_at = Some(now);
             if q.paused {
                 continue;
             }
