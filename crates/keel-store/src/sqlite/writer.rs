@@ -650,6 +650,13 @@ impl Writer {
                 .is_some_and(|at| at >= self.now_seen.plus_ms(-ASKED_WITHIN_MS))
     }
 
+    /// Keeps a copy of `job`, just written at `rowid`, if its next change is near (`held.rs`).
+    fn keep(&mut self, job: &Job, rowid: i64) {
+        if self.lease_near(job) {
+            self.held.put(job, rowid);
+        }
+    }
+
     /// A job about to be changed, with its rowid: the copy kept when it was last written, or
     /// its row. The copy is taken out, so a change that is refused leaves none behind
     /// (`held.rs`).
@@ -679,14 +686,11 @@ impl Writer {
         match (before, after) {
             (None, Some(a)) => {
                 insert_job(&self.conn, a)?;
-                self.held.put(a, self.conn.last_insert_rowid());
+                self.keep(a, self.conn.last_insert_rowid());
             }
             (Some((b, rowid)), Some(a)) => {
                 update_job(&self.conn, a, rowid, b.finished_at)?;
-                // `take` took out any copy before the change.
-                if self.lease_near(a) {
-                    self.held.put(a, rowid);
-                }
+                self.keep(a, rowid);
             }
             (Some(_), None) => {
                 self.conn
@@ -832,9 +836,7 @@ impl Writer {
         if created.len() >= ROWS_HELD {
             let rowids = insert_jobs(&self.conn, &created)?;
             for (job, rowid) in created.into_iter().zip(rowids) {
-                if self.lease_near(job) {
-                    self.held.put(job, rowid);
-                }
+                self.keep(job, rowid);
             }
         } else {
             self.new_rows.extend(created.into_iter().cloned());
