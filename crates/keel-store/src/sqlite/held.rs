@@ -12,8 +12,9 @@
 //!   clears every copy with the rest of the writer's memory (`Writer::reload`). Readers never see
 //!   copies: they read committed rows.
 //! - Only jobs whose next change is close are kept: running jobs (ack, heartbeat, expiry) and
-//!   available ones (the lease). A job waiting hours for a retry or its run time would otherwise
-//!   hold room that work in flight could use.
+//!   available ones (the lease) of a queue a worker is asking for jobs, which the writer decides
+//!   (`Writer::keep`). A job waiting hours for a retry or its run time, or in a queue nobody
+//!   works, would otherwise hold room that work in flight could use.
 //! - A copy's rowid is its row's: rows keep their rowid for life (an `UPDATE` keeps it, nothing
 //!   renumbers them: no `VACUUM` runs on a live store), and `update_job` checks the id on the row
 //!   it finds, so a wrong one would fail the group instead of changing another job.

@@ -572,8 +572,9 @@ impl Writer {
     /// but an enqueue: all call this first) and before its group commits, so no read misses
     /// it and no answer leaves without it. Waiting lets a group of single enqueues insert
     /// their rows in multi-row statements, as a batch does.
-    /// The rows, once written, become the writer's copies (`held.rs`): the next change of a
-    /// new job is its lease.
+    ///
+    /// Once written, the rows of a worked queue's jobs become the writer's copies (`keep`,
+    /// `held.rs`): their next change is their lease.
     fn flush_rows(&mut self) -> Result<(), Fatal> {
         if !self.new_rows.is_empty() {
             let rows: Vec<&Job> = self.new_rows.iter().collect();
