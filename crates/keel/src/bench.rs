@@ -846,11 +846,16 @@ async fn lease_and_ack(t: &Target, lease_body: Bytes) -> Result<u64, String> {
     }
 }
 
+/// The body of a worker's lease of up to `lease` jobs of `queue` (`drain`, `steady`).
+fn lease_body(queue: &str, lease: u64) -> Bytes {
+    bytes_of(&json!({"queues": [queue], "max_jobs": lease, "lease_ms": 60_000}))
+}
+
 async fn drain(target: &Target, args: &BenchArgs, queue: &str) -> anyhow::Result<Report> {
     fill(target, queue, args.jobs, args.payload_bytes).await?;
     let lease = args.lease_size.clamp(1, 1_000) as u64;
     let t = target.clone();
-    let lease_body = bytes_of(&json!({"queues": [queue], "max_jobs": lease, "lease_ms": 60_000}));
+    let lease_body = lease_body(queue, lease);
     // Each unit of work is one lease of up to `lease` jobs plus one ack of all of them.
     let (req, done, errs, elapsed, h) = closed_loop(
         args,
@@ -879,7 +884,7 @@ async fn steady(target: &Target, args: &BenchArgs, queue: &str) -> Report {
     let lease = args.lease_size.clamp(1, 1_000) as u64;
     let t = target.clone();
     let batch = batch_body(queue, lease, args.payload_bytes);
-    let lease_body = bytes_of(&json!({"queues": [queue], "max_jobs": lease, "lease_ms": 60_000}));
+    let lease_body = lease_body(queue, lease);
     let completed = Arc::new(AtomicU64::new(0));
     let counted = completed.clone();
     let (req, _, errs, elapsed, h) = closed_loop(
