@@ -124,6 +124,10 @@ pub(super) type Step<T> = Result<Result<T, StoreError>, Fatal>;
 /// Sends a caller its answer once the group's fate is known.
 pub(crate) type Done = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
+/// `Writer::lease_near`'s answer for the last queue it looked up, over one run of new rows.
+#[derive(Default)]
+struct AskedMemo(Option<(String, bool)>);
+
 struct QueueState {
     config: QueueConfig,
     paused: bool,
@@ -580,8 +584,9 @@ impl Writer {
             let rows: Vec<&Job> = self.new_rows.iter().collect();
             let rowids = insert_jobs(&self.conn, &rows)?;
             let mut new_rows = std::mem::take(&mut self.new_rows);
+            let mut asked = AskedMemo::default();
             for (job, rowid) in new_rows.drain(..).zip(rowids) {
-                if self.lease_near(&job) {
+                if self.lease_near(&job, &mut asked) {
                     self.held.put_owned(job, rowid);
                 }
             }
@@ -641,19 +646,30 @@ impl Writer {
     /// Whether `job`, just written, is to be leased soon if it is available: its queue was
     /// asked for jobs within `ASKED_WITHIN_MS`. A queue nobody works would otherwise fill the
     /// copies' room with jobs that wait, leaving none for a queue that is worked (held.rs).
-    /// Jobs in other states are kept or not by `Held` alone.
-    fn lease_near(&self, job: &Job) -> bool {
-        job.state != State::Available
-            || self
-                .queues
-                .get(&job.queue)
-                .and_then(|q| q.asked_at)
-                .is_some_and(|at| at >= self.now_seen.plus_ms(-ASKED_WITHIN_MS))
+    /// Jobs in other states are kept or not by `Held` alone. `asked` remembers the answer for
+    /// the last queue looked up: a batch's jobs nearly always share theirs, and a lookup per
+    /// job was 1.5% of the writer's work per batched job.
+    fn lease_near(&self, job: &Job, asked: &mut AskedMemo) -> bool {
+        if job.state != State::Available {
+            return true;
+        }
+        if let Some((queue, near)) = &asked.0
+            && *queue == job.queue
+        {
+            return *near;
+        }
+        let near = self
+            .queues
+            .get(&job.queue)
+            .and_then(|q| q.asked_at)
+            .is_some_and(|at| at >= self.now_seen.plus_ms(-ASKED_WITHIN_MS));
+        asked.0 = Some((job.queue.clone(), near));
+        near
     }
 
     /// Keeps a copy of `job`, just written at `rowid`, if its next change is near (`held.rs`).
-    fn keep(&mut self, job: &Job, rowid: i64) {
-        if self.lease_near(job) {
+    fn keep(&mut self, job: &Job, rowid: i64, asked: &mut AskedMemo) {
+        if self.lease_near(job, asked) {
             self.held.put(job, rowid);
         }
     }
@@ -687,11 +703,11 @@ impl Writer {
         match (before, after) {
             (None, Some(a)) => {
                 insert_job(&self.conn, a)?;
-                self.keep(a, self.conn.last_insert_rowid());
+                self.keep(a, self.conn.last_insert_rowid(), &mut AskedMemo::default());
             }
             (Some((b, rowid)), Some(a)) => {
                 update_job(&self.conn, a, rowid, b.finished_at)?;
-                self.keep(a, rowid);
+                self.keep(a, rowid, &mut AskedMemo::default());
             }
             (Some(_), None) => {
                 self.conn
@@ -836,8 +852,9 @@ impl Writer {
         let created: Vec<&Job> = out.iter().filter(|e| !e.replayed).map(|e| &e.job).collect();
         if created.len() >= ROWS_HELD {
             let rowids = insert_jobs(&self.conn, &created)?;
+            let mut asked = AskedMemo::default();
             for (job, rowid) in created.into_iter().zip(rowids) {
-                self.keep(job, rowid);
+                self.keep(job, rowid, &mut asked);
             }
         } else {
             self.new_rows.extend(created.into_iter().cloned());
