@@ -11,7 +11,10 @@
 //! `enqueue` (one job per request), `batch` (POST
 //! /v1/jobs/batch), `drain` (pull workers: lease N, ack N in one request, from a backlog queued
 //! before they start), `steady` (each connection enqueues a batch of N, then leases N and acks
-//! them: producers and workers at once, the queue near empty), `latency` (enqueue at a
+//! them: producers and workers at once, the queue near empty), `store-enqueue`, `store-batch`
+//! and `store-drain` (the loads of `enqueue`, `batch` and `drain` given straight to a SQLite
+//! store in the bench's own process, with no HTTP: each HTTP figure's ceiling, see
+//! [`store`]), `latency` (enqueue at a
 //! fixed rate; a long-polling worker measures enqueue → receive), `fsync` (the disk's own durable
 //! write, the baseline of `latency`: see [`fsync`]), `push` (keel delivers to a fast
 //! local target that answers 204: the queue is filled while paused, then resumed, and the time
@@ -36,8 +39,10 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+mod store;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Scenario {
     Floor,
     Baseline,
@@ -45,10 +50,21 @@ pub enum Scenario {
     Batch,
     Drain,
     Steady,
+    StoreEnqueue,
+    StoreBatch,
+    StoreDrain,
     Fsync,
     Latency,
     Push,
     Scale,
+}
+
+impl Scenario {
+    /// Its name on the command line, in the table and in `--json` (`store-batch`).
+    fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_owned())
+    }
 }
 
 #[derive(clap::Args, Clone)]
@@ -63,7 +79,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "floor,baseline,enqueue,batch,drain,steady,fsync,latency,push"
+        default_value = "floor,baseline,enqueue,batch,drain,steady,store-enqueue,store-batch,store-drain,fsync,latency,push"
     )]
     scenarios: Vec<Scenario>,
     /// Internal: serve the `floor` scenario's minimal HTTP server (the bench starts it as a child
@@ -94,7 +110,8 @@ pub struct BenchArgs {
     /// Jobs queued by the `scale` scenario.
     #[arg(long, default_value_t = 1_000_000)]
     scale_jobs: u64,
-    /// Where the `fsync` scenario writes its file: a directory on the server's disk. Default: the
+    /// Where the `fsync` scenario writes its file, and the `store-*` scenarios their store (in a
+    /// scratch directory, removed afterwards): a directory on the server's disk. Default: the
     /// spawned server's data directory with `--spawn`, else the system's temporary directory.
     #[arg(long)]
     fsync_dir: Option<PathBuf>,
@@ -437,58 +454,71 @@ pub async fn run(
         .clone()
         .or_else(|| server.as_ref().map(|s| s.dir.clone()))
         .unwrap_or_else(std::env::temp_dir);
-    for scenario in &args.scenarios {
-        let queue = format!("bench.{run_id}.{}", format!("{scenario:?}").to_lowercase());
-        if !json_out {
-            eprintln!("{scenario:?}…");
-        }
-        // Connections left idle by the last scenario may be closed by the server (its header
-        // read timeout) just as this one picks them up; a POST on such a connection fails
-        // without reaching the server and would count as an error of this scenario.
-        target.forget_idle();
-        let mut report = match scenario {
-            Scenario::Floor => floor(&args).await?,
-            Scenario::Baseline => baseline(&target, &args).await,
-            Scenario::Enqueue => enqueue(&target, &args, &queue).await,
-            Scenario::Batch => batch(&target, &args, &queue).await,
-            Scenario::Drain => drain(&target, &args, &queue).await?,
-            Scenario::Steady => steady(&target, &args, &queue).await,
-            Scenario::Fsync => {
-                let (dir, a) = (fsync_dir.clone(), args.clone());
-                tokio::task::spawn_blocking(move || fsync(&dir, &a))
-                    .await
-                    .context("the fsync scenario's thread failed")??
+    // The store-* scenarios share one store, as the HTTP scenarios share the server's.
+    let mut scratch = store::Scratch::new(&fsync_dir, &run_id);
+    let ran: anyhow::Result<()> = async {
+        for scenario in &args.scenarios {
+            let queue = format!("bench.{run_id}.{}", scenario.name());
+            if !json_out {
+                eprintln!("{}…", scenario.name());
             }
-            Scenario::Latency => latency(&target, &args, &queue).await?,
-            Scenario::Push => push(&target, &args, &queue, json_out).await?,
-            Scenario::Scale => scale(&mut target, &args, &queue, server.as_mut()).await?,
-        };
-        if report.skipped.is_none() {
+            // Connections left idle by the last scenario may be closed by the server (its header
+            // read timeout) just as this one picks them up; a POST on such a connection fails
+            // without reaching the server and would count as an error of this scenario.
+            target.forget_idle();
+            let mut report = match scenario {
+                Scenario::Floor => floor(&args).await?,
+                Scenario::Baseline => baseline(&target, &args).await,
+                Scenario::Enqueue => enqueue(&target, &args, &queue).await,
+                Scenario::Batch => batch(&target, &args, &queue).await,
+                Scenario::Drain => drain(&target, &args, &queue).await?,
+                Scenario::Steady => steady(&target, &args, &queue).await,
+                Scenario::StoreEnqueue | Scenario::StoreBatch => {
+                    store::enqueue(*scenario, &args, &queue, scratch.store()?).await
+                }
+                Scenario::StoreDrain => store::drain(&args, &queue, scratch.store()?).await?,
+                Scenario::Fsync => {
+                    let (dir, a) = (fsync_dir.clone(), args.clone());
+                    tokio::task::spawn_blocking(move || fsync(&dir, &a))
+                        .await
+                        .context("the fsync scenario's thread failed")??
+                }
+                Scenario::Latency => latency(&target, &args, &queue).await?,
+                Scenario::Push => push(&target, &args, &queue, json_out).await?,
+                Scenario::Scale => scale(&mut target, &args, &queue, server.as_mut()).await?,
+            };
+            if report.skipped.is_none() {
+                match scenario {
+                    Scenario::Baseline => baseline_rate = Some(report.jobs_per_sec),
+                    Scenario::Floor => floor_rate = Some(report.jobs_per_sec),
+                    _ => {}
+                }
+            }
+            // The throughput of `latency` is the rate it offered, not what keel can take, and `fsync`
+            // makes no request: neither has a ratio to the request rate.
             match scenario {
-                Scenario::Baseline => baseline_rate = Some(report.jobs_per_sec),
-                Scenario::Floor => floor_rate = Some(report.jobs_per_sec),
-                _ => {}
+                Scenario::Fsync => fsync_p50 = Some(report.p50_ms),
+                Scenario::Latency => {
+                    report.ratio_to_fsync = fsync_p50
+                        .filter(|f| *f > 0.0 && report.skipped.is_none())
+                        .map(|f| report.p50_ms / f);
+                }
+                _ => {
+                    let measured = report.skipped.is_none() && report.jobs_per_sec > 0.0;
+                    let ratio = |rate: Option<f64>| {
+                        rate.filter(|_| measured).map(|r| report.jobs_per_sec / r)
+                    };
+                    report.ratio_to_baseline = ratio(baseline_rate);
+                    report.ratio_to_floor = ratio(floor_rate);
+                }
             }
+            reports.push(report);
         }
-        // The throughput of `latency` is the rate it offered, not what keel can take, and `fsync`
-        // makes no request: neither has a ratio to the request rate.
-        match scenario {
-            Scenario::Fsync => fsync_p50 = Some(report.p50_ms),
-            Scenario::Latency => {
-                report.ratio_to_fsync = fsync_p50
-                    .filter(|f| *f > 0.0 && report.skipped.is_none())
-                    .map(|f| report.p50_ms / f);
-            }
-            _ => {
-                let measured = report.skipped.is_none() && report.jobs_per_sec > 0.0;
-                let ratio =
-                    |rate: Option<f64>| rate.filter(|_| measured).map(|r| report.jobs_per_sec / r);
-                report.ratio_to_baseline = ratio(baseline_rate);
-                report.ratio_to_floor = ratio(floor_rate);
-            }
-        }
-        reports.push(report);
+        Ok(())
     }
+    .await;
+    scratch.finish().await;
+    ran?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
@@ -1174,7 +1204,7 @@ async fn latency(target: &Target, args: &BenchArgs, queue: &str) -> anyhow::Resu
 
 fn print_table(reports: &[Report]) {
     println!(
-        "{:<9} {:>9} {:>9} {:>8} {:>12} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "{:<13} {:>9} {:>9} {:>8} {:>12} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7}",
         "SCENARIO",
         "REQUESTS",
         "JOBS",
@@ -1189,14 +1219,14 @@ fn print_table(reports: &[Report]) {
         "ERRORS"
     );
     for r in reports {
-        let name = format!("{:?}", r.scenario).to_lowercase();
+        let name = r.scenario.name();
         if let Some(why) = &r.skipped {
-            println!("{name:<9} skipped: {why}");
+            println!("{name:<13} skipped: {why}");
             continue;
         }
         let ratio = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{x:.2}"));
         println!(
-            "{name:<9} {:>9} {:>9} {:>8.2} {:>12.0} {:>7} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+            "{name:<13} {:>9} {:>9} {:>8.2} {:>12.0} {:>7} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7}",
             r.requests,
             r.jobs,
             r.secs,
@@ -1211,16 +1241,16 @@ fn print_table(reports: &[Report]) {
         );
         if r.scenario == Scenario::Fsync {
             println!(
-                "{:<9} JOBS/S: 4 KiB writes synced back to back; percentiles: the same, one every 1/--rate s",
+                "{:<13} JOBS/S: 4 KiB writes synced back to back; percentiles: the same, one every 1/--rate s",
                 ""
             );
         }
         if let Some(x) = r.ratio_to_fsync {
-            println!("{:<9} p50 = {x:.1}× the disk's paced fsync p50", "");
+            println!("{:<13} p50 = {x:.1}× the disk's paced fsync p50", "");
         }
         if let Some(f) = &r.scale {
             println!(
-                "{:<9} {} jobs queued: resident {:.0} MiB (peak {:.0} MiB); restart to serving {:.2} s, then resident {:.0} MiB",
+                "{:<13} {} jobs queued: resident {:.0} MiB (peak {:.0} MiB); restart to serving {:.2} s, then resident {:.0} MiB",
                 "", f.queued, f.rss_mib, f.peak_rss_mib, f.restart_secs, f.rss_after_restart_mib
             );
         }

@@ -662,6 +662,8 @@ fn the_cli_talks_https_to_a_server_with_a_self_signed_certificate() {
 
 #[test]
 fn bench_spawns_a_server_and_reports_every_scenario_against_the_baseline() {
+    // The fsync and store-* scenarios write here; the bench must leave nothing behind.
+    let scratch = tempfile::tempdir().unwrap();
     let out = keel(
         "http://127.0.0.1:1",
         &[
@@ -680,9 +682,11 @@ fn bench_spawns_a_server_and_reports_every_scenario_against_the_baseline() {
             "--max-secs",
             "10",
             "--scenarios",
-            "floor,baseline,enqueue,batch,drain,steady,fsync,latency,push,scale",
+            "floor,baseline,enqueue,batch,drain,steady,store-enqueue,store-batch,store-drain,fsync,latency,push,scale",
             "--scale-jobs",
             "2000",
+            "--fsync-dir",
+            scratch.path().to_str().unwrap(),
             "--json",
         ],
     );
@@ -696,7 +700,17 @@ fn bench_spawns_a_server_and_reports_every_scenario_against_the_baseline() {
         .collect();
     let floor_rate = by["floor"]["jobs_per_sec"].as_f64().unwrap();
     for name in [
-        "floor", "baseline", "enqueue", "batch", "drain", "steady", "latency", "push",
+        "floor",
+        "baseline",
+        "enqueue",
+        "batch",
+        "drain",
+        "steady",
+        "store-enqueue",
+        "store-batch",
+        "store-drain",
+        "latency",
+        "push",
     ] {
         let r = by[name];
         assert_eq!(r["jobs"], 300, "{name}: {r}");
@@ -739,6 +753,14 @@ fn bench_spawns_a_server_and_reports_every_scenario_against_the_baseline() {
     assert!((ratio - latency_p50 / fsync_p50).abs() < 1e-9, "{ratio}");
     assert!(by["enqueue"]["ratio_to_fsync"].is_null());
     assert_eq!(by["batch"]["requests"], 3);
+    // The store-* scenarios make the calls their HTTP twins make requests: 300 single enqueues,
+    // 3 batches of 100, and 6 leases of 50 each followed by one completing call.
+    assert_eq!(by["store-enqueue"]["requests"], 300);
+    assert_eq!(by["store-batch"]["requests"], 3);
+    assert_eq!(by["store-drain"]["requests"], 12);
+    assert_eq!(by["drain"]["requests"], 12);
+    let left: Vec<_> = std::fs::read_dir(scratch.path()).unwrap().collect();
+    assert!(left.is_empty(), "the bench left {left:?}");
     // Push: keel delivered every job to the bench's own target, each with one request.
     assert_eq!(by["push"]["requests"], 300, "{}", by["push"]);
     assert!(by["push"]["skipped"].is_null());
