@@ -876,6 +876,15 @@ async fn lease_and_ack(t: &Target, lease_body: Bytes) -> Result<u64, String> {
     }
 }
 
+/// A drain's unit of work that completed nothing: the backlog ran out before `--jobs` were
+/// drained, which is an error of the scenario (`drain`, `store-drain`).
+fn drained(completed: u64) -> Result<(), String> {
+    match completed {
+        0 => Err("the queue ran dry".into()),
+        _ => Ok(()),
+    }
+}
+
 /// The body of a worker's lease of up to `lease` jobs of `queue` (`drain`, `steady`).
 fn lease_body(queue: &str, lease: u64) -> Bytes {
     bytes_of(&json!({"queues": [queue], "max_jobs": lease, "lease_ms": 60_000}))
@@ -894,12 +903,7 @@ async fn drain(target: &Target, args: &BenchArgs, queue: &str) -> anyhow::Result
         args.concurrency.min(32),
         move |_| {
             let (t, lease_body) = (t.clone(), lease_body.clone());
-            async move {
-                match lease_and_ack(&t, lease_body).await? {
-                    0 => Err("the queue ran dry".into()),
-                    _ => Ok(()),
-                }
-            }
+            async move { lease_and_ack(&t, lease_body).await.and_then(drained) }
         },
     )
     .await;

@@ -23,7 +23,7 @@ use keel_core::{Json, NewJob, Scope, When};
 use keel_server::{Clock, SystemClock};
 use keel_store::{LeaseRequest, Outcome, OutcomeKind, SqliteConfig, SqliteStore, Store};
 
-use super::{BenchArgs, Report, Scenario, closed_loop, payload, report};
+use super::{BenchArgs, Report, Scenario, closed_loop, drained, payload, report};
 
 /// The run's store: opened by the first store-* scenario, closed and removed by [`finish`].
 ///
@@ -136,10 +136,9 @@ pub(super) async fn drain(
         move |_| {
             let (store, queue) = (store.clone(), queue_name.clone());
             async move {
-                match lease_and_complete(&*store, queue, lease as usize).await? {
-                    0 => Err("the queue ran dry".into()),
-                    _ => Ok(()),
-                }
+                lease_and_complete(&*store, queue, lease as usize)
+                    .await
+                    .and_then(drained)
             }
         },
     )
