@@ -120,7 +120,7 @@ pub struct BenchArgs {
 #[derive(Serialize)]
 struct Report {
     scenario: Scenario,
-    /// HTTP requests made (`fsync`: syncs made, both halves).
+    /// HTTP requests made (`fsync`: syncs made, both halves; `store-*`: calls to the store).
     requests: u64,
     /// Jobs moved (requests for baseline; `fsync`: the syncs made back to back).
     jobs: u64,
