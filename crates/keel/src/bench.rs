@@ -117,6 +117,26 @@ pub struct BenchArgs {
     fsync_dir: Option<PathBuf>,
 }
 
+impl BenchArgs {
+    /// Jobs per batch request, and the connections that send them (`batch`, `scale`,
+    /// `store-batch`): the API's 1,000 at most, on up to 16 connections.
+    fn batches(&self) -> (u64, usize) {
+        (
+            self.batch_size.clamp(1, 1_000) as u64,
+            self.concurrency.min(16),
+        )
+    }
+
+    /// Jobs per lease (and per ack), and the workers that lease them (`drain`, `steady`,
+    /// `store-drain`): the API's 1,000 at most, up to 32 workers.
+    fn workers(&self) -> (u64, usize) {
+        (
+            self.lease_size.clamp(1, 1_000) as u64,
+            self.concurrency.min(32),
+        )
+    }
+}
+
 #[derive(Serialize)]
 struct Report {
     scenario: Scenario,
@@ -779,10 +799,10 @@ fn batch_body(queue: &str, n: u64, payload_bytes: usize) -> Bytes {
 }
 
 async fn batch(target: &Target, args: &BenchArgs, queue: &str) -> Report {
-    let step = args.batch_size.clamp(1, 1_000) as u64;
+    let (step, connections) = args.batches();
     let (t, body) = (target.clone(), batch_body(queue, step, args.payload_bytes));
     let (req, done, errs, elapsed, h) =
-        closed_loop(args, args.jobs, step, args.concurrency.min(16), move |_| {
+        closed_loop(args, args.jobs, step, connections, move |_| {
             let (t, body) = (t.clone(), body.clone());
             async move { t.post_bytes("/v1/jobs/batch", body).await.map(|_| ()) }
         })
@@ -892,20 +912,14 @@ fn lease_body(queue: &str, lease: u64) -> Bytes {
 
 async fn drain(target: &Target, args: &BenchArgs, queue: &str) -> anyhow::Result<Report> {
     fill(target, queue, args.jobs, args.payload_bytes).await?;
-    let lease = args.lease_size.clamp(1, 1_000) as u64;
+    let (lease, workers) = args.workers();
     let t = target.clone();
     let lease_body = lease_body(queue, lease);
     // Each unit of work is one lease of up to `lease` jobs plus one ack of all of them.
-    let (req, done, errs, elapsed, h) = closed_loop(
-        args,
-        args.jobs,
-        lease,
-        args.concurrency.min(32),
-        move |_| {
-            let (t, lease_body) = (t.clone(), lease_body.clone());
-            async move { lease_and_ack(&t, lease_body).await.and_then(drained) }
-        },
-    )
+    let (req, done, errs, elapsed, h) = closed_loop(args, args.jobs, lease, workers, move |_| {
+        let (t, lease_body) = (t.clone(), lease_body.clone());
+        async move { lease_and_ack(&t, lease_body).await.and_then(drained) }
+    })
     .await;
     Ok(report(Scenario::Drain, req * 2, done, elapsed, &h, errs))
 }
@@ -915,28 +929,22 @@ async fn drain(target: &Target, args: &BenchArgs, queue: &str) -> anyhow::Result
 /// Throughput is the jobs completed per second. (Every lease follows its own unit's enqueue and
 /// takes at most as many, so none finds the queue empty; one that did would complete nothing.)
 async fn steady(target: &Target, args: &BenchArgs, queue: &str) -> Report {
-    let lease = args.lease_size.clamp(1, 1_000) as u64;
+    let (lease, workers) = args.workers();
     let t = target.clone();
     let batch = batch_body(queue, lease, args.payload_bytes);
     let lease_body = lease_body(queue, lease);
     let completed = Arc::new(AtomicU64::new(0));
     let counted = completed.clone();
-    let (req, _, errs, elapsed, h) = closed_loop(
-        args,
-        args.jobs,
-        lease,
-        args.concurrency.min(32),
-        move |_| {
-            let (t, batch, lease_body) = (t.clone(), batch.clone(), lease_body.clone());
-            let completed = counted.clone();
-            async move {
-                t.post_bytes("/v1/jobs/batch", batch).await?;
-                let n = lease_and_ack(&t, lease_body).await?;
-                completed.fetch_add(n, Ordering::Relaxed);
-                Ok(())
-            }
-        },
-    )
+    let (req, _, errs, elapsed, h) = closed_loop(args, args.jobs, lease, workers, move |_| {
+        let (t, batch, lease_body) = (t.clone(), batch.clone(), lease_body.clone());
+        let completed = counted.clone();
+        async move {
+            t.post_bytes("/v1/jobs/batch", batch).await?;
+            let n = lease_and_ack(&t, lease_body).await?;
+            completed.fetch_add(n, Ordering::Relaxed);
+            Ok(())
+        }
+    })
     .await;
     let done = completed.load(Ordering::Relaxed);
     report(Scenario::Steady, req * 3, done, elapsed, &h, errs)
@@ -956,23 +964,18 @@ async fn scale(
             "needs --spawn (it restarts the server it measures)",
         ));
     };
-    let step = args.batch_size.clamp(1, 1_000) as u64;
+    let (step, connections) = args.batches();
     let (t, body) = (target.clone(), batch_body(queue, step, args.payload_bytes));
     let fill_args = BenchArgs {
         max_secs: args.max_secs.max(3_600),
         ..args.clone()
     };
-    let (req, done, errs, elapsed, h) = closed_loop(
-        &fill_args,
-        args.scale_jobs,
-        step,
-        args.concurrency.min(16),
-        move |_| {
+    let (req, done, errs, elapsed, h) =
+        closed_loop(&fill_args, args.scale_jobs, step, connections, move |_| {
             let (t, body) = (t.clone(), body.clone());
             async move { t.post_bytes("/v1/jobs/batch", body).await.map(|_| ()) }
-        },
-    )
-    .await;
+        })
+        .await;
     let (rss, peak) = server.memory_mib()?;
     let (base, took) = server.restart()?;
     *target = target.moved_to(base)?;

@@ -88,10 +88,7 @@ pub(super) async fn enqueue(
     store: Arc<SqliteStore>,
 ) -> Report {
     let (step, callers) = match scenario {
-        Scenario::StoreBatch => (
-            args.batch_size.clamp(1, 1_000) as u64,
-            args.concurrency.min(16),
-        ),
+        Scenario::StoreBatch => args.batches(),
         _ => (1, args.concurrency),
     };
     let job = new_job(queue, args.payload_bytes);
@@ -126,22 +123,16 @@ pub(super) async fn drain(
             .map_err(|e| anyhow::anyhow!("filling the queue: {e}"))?;
         left -= n;
     }
-    let lease = args.lease_size.clamp(1, 1_000) as u64;
+    let (lease, workers) = args.workers();
     let queue_name = queue.to_owned();
-    let (req, done, errs, elapsed, h) = closed_loop(
-        args,
-        args.jobs,
-        lease,
-        args.concurrency.min(32),
-        move |_| {
-            let (store, queue) = (store.clone(), queue_name.clone());
-            async move {
-                lease_and_complete(&*store, queue, lease as usize)
-                    .await
-                    .and_then(drained)
-            }
-        },
-    )
+    let (req, done, errs, elapsed, h) = closed_loop(args, args.jobs, lease, workers, move |_| {
+        let (store, queue) = (store.clone(), queue_name.clone());
+        async move {
+            lease_and_complete(&*store, queue, lease as usize)
+                .await
+                .and_then(drained)
+        }
+    })
     .await;
     Ok(report(
         Scenario::StoreDrain,
